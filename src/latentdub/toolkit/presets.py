@@ -1,0 +1,234 @@
+"""Presets: YAML data naming the plugin of each stage and its settings.
+
+A preset is a mapping with a few top-level scalars (``description``,
+``device``, ``seed``), core sections (``output``, ``timing``, ``track``)
+and stages (``detector``, ``encoder``, ...) that each name a ``plugin`` and
+that plugin's settings. Validation parses every section into its typed
+config, so an unknown key or a wrong type fails with the key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional
+
+import yaml
+
+from .config import config_to_dict, parse_config
+from .errors import ConfigError
+from .plugins import get_component
+
+#: Stage name in a preset -> component kind in the registry.
+STAGES = {
+    "detector": "detector",
+    "encoder": "encoder",
+    "generator": "generator",
+    "audio_features": "audio_features",
+    "motion": "motion",
+    "renderer": "renderer",
+    "compositor": "compositor",
+    "finetuner": "finetuner",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    """Encoding of the result: x264 ``crf`` (0-51, lower is better) and ``preset``;
+    ``fps`` None follows the input; ``preview`` writes a side-by-side video beside
+    the output and ``contact_sheet`` a PNG grid of frames."""
+
+    crf: int = 18
+    x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = "veryfast"
+    fps: Optional[float] = None
+    audio_bitrate: str = "160k"
+    preview: bool = False
+    contact_sheet: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingConfig:
+    """What to do when speech and video lengths differ.
+
+    ``length_policy``: ``trim`` (cut the video to the speech; if the speech is
+    longer, hold the last frame), ``loop`` (restart the video), ``pingpong``
+    (play it forwards then backwards), ``hold`` (freeze the last frame while
+    speech lasts), ``pad`` (keep the whole video, pad the speech with silence).
+    """
+
+    length_policy: Literal["trim", "loop", "pingpong", "hold", "pad"] = "pad"
+    audio_offset: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackConfig:
+    """Target face selection and landmark smoothing.
+
+    ``select``: ``largest``, ``central`` or ``reference`` (closest to the
+    face in ``reference_image``); ``smoothing``: half-width in frames of the
+    temporal landmark filter (0 disables); ``min_score``/``min_size`` (px)
+    reject weak detections; ``max_gap``: frames a lost face is bridged by
+    interpolation; ``crop_size``: side of the aligned face crop in pixels.
+    """
+
+    select: Literal["largest", "central", "reference"] = "largest"
+    reference_image: Optional[Path] = None
+    smoothing: int = 2
+    min_score: float = 0.6
+    min_size: float = 24.0
+    max_gap: int = 5
+    crop_size: int = 256
+    detect_every: int = 1
+
+
+CORE_SECTIONS = {"output": OutputConfig, "timing": TimingConfig, "track": TrackConfig}
+TOP_LEVEL = {"description": str, "device": str, "seed": int, "name": str}
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a resolved preset: the plugin's name and its typed config."""
+
+    name: str
+    plugin: str
+    config: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A validated preset: core sections, stages, and the data it came from."""
+
+    name: str
+    description: str
+    device: str
+    seed: int
+    output: OutputConfig
+    timing: TimingConfig
+    track: TrackConfig
+    stages: dict[str, Stage]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved preset (every default filled in), ready for YAML."""
+        data: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "device": self.device,
+            "seed": self.seed,
+        }
+        for section in CORE_SECTIONS:
+            data[section] = config_to_dict(getattr(self, section))
+        for stage in self.stages.values():
+            data[stage.name] = {"plugin": stage.plugin, **config_to_dict(stage.config)}
+        return data
+
+    def to_yaml(self) -> str:
+        """YAML text of :meth:`to_dict`."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def write(self, path: Path) -> Path:
+        """Write the resolved preset to ``path`` (atomically) and return it."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_text(self.to_yaml())
+        tmp.replace(path)
+        return path
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped with latentdub."""
+    folder = importlib.resources.files("latentdub.presets")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset_data(name_or_path: str | Path) -> dict[str, Any]:
+    """Raw mapping of a shipped preset name or a user YAML file."""
+    text: str
+    label = str(name_or_path)
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{path}: preset file not found; give a shipped preset ({', '.join(preset_names())}) or a YAML path")
+        text = path.read_text()
+    else:
+        resource = importlib.resources.files("latentdub.presets") / f"{name_or_path}.yaml"
+        if not resource.is_file():
+            raise ConfigError(f"unknown preset {label!r}; shipped presets: {', '.join(preset_names())}, or give a YAML path")
+        text = resource.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{label}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: a preset must be a mapping of sections")
+    data.setdefault("name", path.stem if path.suffix else label)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``section.key=value`` into a key path and a YAML-typed value."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set output.crf=20")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of preset ``data`` with ``--set`` overrides applied.
+
+    Setting ``stage.plugin`` to another plugin drops the old plugin's settings.
+    """
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    for text in overrides:
+        parts, value = parse_override(text)
+        if len(parts) == 1:
+            out[parts[0]] = value
+            continue
+        section = out.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"--set {text!r}: {parts[0]} is not a section")
+        if parts[1:] == ["plugin"] and section.get("plugin") != value:
+            section.clear()
+        target = section
+        for part in parts[1:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    return out
+
+
+def resolve_preset(name_or_path: str | Path = "preview", overrides: Optional[list[str]] = None) -> Preset:
+    """Load, override and validate a preset against every named plugin's typed config."""
+    data = apply_overrides(load_preset_data(name_or_path), overrides or [])
+    unknown = sorted(set(data) - set(TOP_LEVEL) - set(CORE_SECTIONS) - set(STAGES))
+    if unknown:
+        allowed = ", ".join([*TOP_LEVEL, *CORE_SECTIONS, *STAGES])
+        raise ConfigError(f"{unknown[0]}: unknown preset section (known: {allowed})")
+    for key, tp in TOP_LEVEL.items():
+        if key in data and not isinstance(data[key], tp):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {data[key]!r}")
+    sections = {name: parse_config(cls, data.get(name), name) for name, cls in CORE_SECTIONS.items()}
+    stages = {}
+    for stage, kind in STAGES.items():
+        if stage not in data:
+            continue
+        values = dict(data[stage] or {})
+        plugin = values.pop("plugin", None)
+        if not isinstance(plugin, str):
+            raise ConfigError(f"{stage}.plugin: each stage must name its plugin, e.g. {stage}: {{plugin: NAME}}")
+        component = get_component(kind, plugin)
+        stages[stage] = Stage(stage, component.name, parse_config(component.config, values, stage))
+    return Preset(
+        name=str(data.get("name", name_or_path)),
+        description=str(data.get("description", "")),
+        device=str(data.get("device", "auto")),
+        seed=int(data.get("seed", 0)),
+        stages=stages,
+        **sections,
+    )
