@@ -84,7 +84,8 @@ class _State:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.pm: Optional[pluggy.PluginManager] = None
-        self.failed: list[FailedPlugin] = []
+        self.failed: list[FailedPlugin] = []  # import failures
+        self.register_failed: list[FailedPlugin] = []  # failures while registering components
         self.components: Optional[dict[str, dict[str, Component]]] = None
 
 
@@ -136,7 +137,7 @@ def failed_plugins() -> list[FailedPlugin]:
     """Plugins that failed to import or to register their components."""
     get_plugin_manager()
     components()
-    return list(_state.failed)
+    return [*_state.failed, *_state.register_failed]
 
 
 def register_plugin(plugin: Any, name: Optional[str] = None) -> None:
@@ -162,7 +163,7 @@ def components() -> dict[str, dict[str, Component]]:
         if _state.components is not None:
             return _state.components
         table: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
-        _state.failed = [f for f in _state.failed if not f.detail.startswith("register:")]
+        _state.register_failed = []
         for plugin_name, plugin in pm.list_name_plugin():
             for kind, hook_name in KINDS.items():
                 impl = getattr(plugin, hook_name, None)
@@ -178,8 +179,8 @@ def components() -> dict[str, dict[str, Component]]:
                 try:
                     impl(register=register)
                 except Exception as exc:
-                    _state.failed.append(
-                        FailedPlugin(plugin_name, f"{type(exc).__name__}: {exc}".splitlines()[0], "register:" + traceback.format_exc())
+                    _state.register_failed.append(
+                        FailedPlugin(plugin_name, f"{type(exc).__name__}: {exc}".splitlines()[0], traceback.format_exc())
                     )
         _state.components = table
         return table
@@ -194,7 +195,7 @@ def get_component(kind: str, name: str) -> Component:
         return table[kind][name]
     except KeyError:
         names = ", ".join(sorted(table[kind])) or "none"
-        failed = [f.name for f in _state.failed]
+        failed = [f.name for f in failed_plugins()]
         hint = f"; plugins that failed to load: {', '.join(failed)}" if failed else ""
         raise PluginError(f"no {kind} named {name!r} (available: {names}){hint}") from None
 
@@ -211,7 +212,7 @@ def plugin_report() -> list[dict[str, Any]]:
     for name, plugin in pm.list_name_plugin():
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         rows.append({"name": name, "hooks": hooks, "version": dists.get(name, ""), "status": "ok"})
-    for failed in _state.failed:
+    for failed in failed_plugins():
         rows.append({"name": failed.name, "hooks": [], "version": "", "status": f"failed: {failed.error}"})
     return rows
 
@@ -228,6 +229,7 @@ def reset() -> None:
     with _state.lock:
         _state.pm = None
         _state.failed = []
+        _state.register_failed = []
         _state.components = None
         for mod in [m for m in sys.modules if m.startswith("latentdub_test_plugin")]:
             del sys.modules[mod]

@@ -232,3 +232,37 @@ def resolve_preset(name_or_path: str | Path = "preview", overrides: Optional[lis
         stages=stages,
         **sections,
     )
+
+
+#: Neural presets tried, in order, by the ``auto`` preset.
+NEURAL_PRESETS = ("paper-1024",)
+
+
+def missing_weights(preset: Preset) -> list[str]:
+    """Checkpoints named by ``preset`` (fields called ``checkpoint``) that cannot be found locally."""
+    from . import weights
+    from .errors import MissingWeightsError
+
+    missing = []
+    for stage in preset.stages.values():
+        name = getattr(stage.config, "checkpoint", None)
+        if name is None:
+            if hasattr(stage.config, "checkpoint") and not getattr(stage.config, "random_init", False):
+                missing.append(f"{stage.name}.checkpoint (not set)")
+            continue
+        try:
+            weights.resolve(str(name), offline=True)
+        except MissingWeightsError:
+            missing.append(str(name))
+    return missing
+
+
+def choose_auto_preset(log=print) -> str:
+    """The first neural preset whose weights are all present, else ``preview`` (saying why)."""
+    for name in NEURAL_PRESETS:
+        missing = missing_weights(resolve_preset(name))
+        if not missing:
+            log(f"preset auto: using {name}")
+            return name
+        log(f"preset auto: neural weights not found ({', '.join(missing)}); using the offline preview backend")
+    return "preview"

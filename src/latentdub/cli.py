@@ -1,0 +1,88 @@
+"""The ``latentdub`` command group: a thin shell over the commands/ modules.
+
+Commands are imported on first use and plugins are loaded only when a
+command needs them, so a broken plugin never breaks ``latentdub --help``.
+Errors print one line (``error: ...``) and exit with the code documented in
+:mod:`latentdub.toolkit.errors`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from .toolkit.errors import EXIT_CODES, LatentdubError
+
+#: Built-in commands: name -> "module:attribute" (imported lazily).
+COMMANDS = {
+    "dub": "latentdub.commands.run:dub_command",
+    "animate": "latentdub.commands.run:animate_command",
+    "tune": "latentdub.commands.tune:tune_command",
+    "dataset": "latentdub.commands.dataset:dataset_group",
+    "train": "latentdub.commands.train:train_command",
+    "evaluate": "latentdub.commands.evaluate:evaluate_command",
+    "batch": "latentdub.commands.batch:batch_command",
+    "weights": "latentdub.commands.weights:weights",
+    "plugins": "latentdub.commands.info:plugins_command",
+    "presets": "latentdub.commands.info:presets_group",
+}
+
+EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
+
+
+class LazyGroup(click.Group):
+    """Imports built-in commands on demand and adds commands from plugins."""
+
+    def _plugin_commands(self) -> dict[str, click.Command]:
+        if not hasattr(self, "_extra"):
+            self._extra: dict[str, click.Command] = {}
+            try:
+                from .toolkit.plugins import get_plugin_manager
+
+                holder = click.Group()
+                get_plugin_manager().hook.register_commands(cli=holder)
+                self._extra = dict(holder.commands)
+            except Exception as exc:  # a broken plugin must not break the CLI
+                click.echo(f"warning: plugin commands unavailable ({type(exc).__name__}: {exc})", err=True)
+        return self._extra
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands) | set(self._plugin_commands()))
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name in self.commands:
+            return self.commands[name]
+        if name in COMMANDS:
+            module, attr = COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return self._plugin_commands().get(name)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LatentdubError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=LazyGroup, epilog=EXIT_CODE_HELP)
+@click.version_option(package_name="latentdub")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Re-lip-sync talking-head video to new speech (StyleGAN2 latent-space dubbing)."""
+    ctx.obj = {"debug": debug or bool(os.environ.get("LATENTDUB_DEBUG"))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    cli.main(args=argv, prog_name="latentdub")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""Click commands of the ``latentdub`` CLI, one module per area."""

@@ -1,0 +1,45 @@
+"""``latentdub plugins`` and ``latentdub presets``."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("plugins")
+@click.option("--components", is_flag=True, help="Also list every registered component by kind.")
+def plugins_command(components: bool) -> None:
+    """List loaded plugins, their hooks and versions, and plugins that failed to load."""
+    from ..toolkit.plugins import components as all_components
+    from ..toolkit.plugins import plugin_report
+
+    for row in plugin_report():
+        version = f" ({row['version']})" if row["version"] else ""
+        hooks = ", ".join(row["hooks"]) if row["hooks"] else "-"
+        click.echo(f"{row['name']}{version}: {row['status']}; hooks: {hooks}")
+    if components:
+        for kind, table in all_components().items():
+            names = sorted({c.name for c in table.values()})
+            click.echo(f"{kind}: {', '.join(names) or '-'}")
+
+
+@click.group("presets")
+def presets_group() -> None:
+    """List and show presets."""
+
+
+@presets_group.command("list")
+def presets_list() -> None:
+    """Shipped presets with their descriptions."""
+    from ..toolkit.presets import load_preset_data, preset_names
+
+    for name in preset_names():
+        click.echo(f"{name}: {load_preset_data(name).get('description', '')}")
+
+
+@presets_group.command("show")
+@click.argument("name")
+def presets_show(name: str) -> None:
+    """Print preset NAME (or a YAML path) fully resolved, every default filled in."""
+    from ..toolkit.presets import resolve_preset
+
+    click.echo(resolve_preset(name).to_yaml(), nl=False)

@@ -1,0 +1,65 @@
+"""``latentdub dub`` and ``latentdub animate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import existing_file, load_preset, maybe_dry_run, preset_options
+
+
+def _log(quiet: bool):
+    return (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+
+
+def _transcript_override(transcript: str | None) -> list[str]:
+    if not transcript:
+        return []
+    path = Path(transcript)
+    text = path.read_text().strip() if path.is_file() else transcript
+    return [f"motion.transcript={text!r}" if "'" not in text else f'motion.transcript="{text}"']
+
+
+def _report(summary, quiet: bool) -> None:
+    if not quiet:
+        for line in summary.lines():
+            click.echo(line, err=True)
+
+
+@click.command("dub")
+@click.argument("video", type=existing_file)
+@click.argument("audio", type=existing_file)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output video (.mp4).")
+@click.option("--profile", type=click.Path(path_type=Path), default=None, help="Identity profile from `latentdub tune`.")
+@click.option("--transcript", default=None, help="Text (or a text file) of the speech; improves the preview backend's timing.")
+@preset_options
+def dub_command(video, audio, output, profile, transcript, preset, overrides, device, dry_run, quiet):
+    """Re-lip-sync VIDEO to the speech in AUDIO and write OUTPUT."""
+    from ..toolkit.pipeline import dub
+
+    log = _log(quiet)
+    resolved = load_preset(preset, tuple(overrides) + tuple(_transcript_override(transcript)), device, log)
+    if maybe_dry_run(resolved, dry_run):
+        return
+    summary = dub(video, audio, output, preset=resolved, profile=profile, progress=not quiet, log=log)
+    _report(summary, quiet)
+
+
+@click.command("animate")
+@click.argument("image", type=existing_file)
+@click.argument("audio", type=existing_file)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output video (.mp4).")
+@click.option("--profile", type=click.Path(path_type=Path), default=None, help="Identity profile from `latentdub tune`.")
+@click.option("--transcript", default=None, help="Text (or a text file) of the speech.")
+@preset_options
+def animate_command(image, audio, output, profile, transcript, preset, overrides, device, dry_run, quiet):
+    """Animate the portrait IMAGE with the speech in AUDIO and write OUTPUT."""
+    from ..toolkit.pipeline import animate
+
+    log = _log(quiet)
+    resolved = load_preset(preset, tuple(overrides) + tuple(_transcript_override(transcript)), device, log)
+    if maybe_dry_run(resolved, dry_run):
+        return
+    summary = animate(image, audio, output, preset=resolved, profile=profile, progress=not quiet, log=log)
+    _report(summary, quiet)

@@ -1,0 +1,479 @@
+"""StyleGAN2 generator (Karras et al. 2020) with the rosinality stylegan2-pytorch ``g_ema`` key layout.
+
+Every op is plain PyTorch. Layer maths follows the reference exactly:
+equalised learning rate (weights scaled by ``lr_mul / sqrt(fan_in)`` at run time),
+fused leaky ReLU = ``leaky_relu(x + b, 0.2) * sqrt(2)``, modulated convolution with
+demodulation ``rsqrt(sum w'^2 + 1e-8)``, upsampling by a stride-2 transposed
+convolution followed by a ``[1, 3, 3, 1]`` blur scaled by ``factor**2``, and the
+order conv -> noise -> bias + activation. Two numerically equivalent modulated
+convolution paths exist (``Generator.modconv``): ``"grouped"`` (per-sample weights,
+one grouped conv, as in the reference) and ``"batched"`` (modulate activations,
+shared-weight conv, demodulate outputs; faster on GPUs with channels_last/bf16).
+
+Shapes: ``B`` batch, ``L = n_latent`` W+ styles, ``D = style_dim``, ``S = size``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..toolkit.errors import BadInputError
+from .checkpoints import load_strict, torch_load
+
+SQRT2 = math.sqrt(2.0)
+BLUR_KERNEL = (1, 3, 3, 1)
+FORMAT = "latentdub.stylegan2"
+NoiseMode = Literal["const", "random", "none"]
+
+
+# --------------------------------------------------------------------------- ops
+
+
+def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``leaky_relu(x + bias, 0.2) * sqrt(2)``; ``bias [C]`` broadcast along ``dim`` of ``x``."""
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    return F.leaky_relu(x + bias.view(shape).to(x.dtype), 0.2) * SQRT2
+
+
+def make_kernel(taps: Sequence[float]) -> torch.Tensor:
+    """Separable 2-D FIR kernel ``[K, K]`` from 1-D taps, normalised to sum 1 (float32)."""
+    k = torch.tensor(taps, dtype=torch.float32)
+    k = k[None, :] * k[:, None]
+    return k / k.sum()
+
+
+def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """Upsample (zero insertion), pad, FIR-filter (true convolution), downsample.
+
+    ``x [B, C, H, W]``, ``kernel [K, K]``; ``pad = (before, after)`` applies to both axes and
+    may be negative (crop). Output side: ``(H * up + before + after - K + 1) // down`` (ceil).
+    Zero insertion + convolution is done as one depthwise stride-``up`` transposed conv.
+    """
+    channels = x.shape[1]
+    k = kernel.to(x.dtype)
+    kh, kw = k.shape
+    if up > 1:
+        # transposed conv = full convolution of the zero-inserted signal of length (H-1)*up+1
+        weight = k[None, None].repeat(channels, 1, 1, 1)
+        x = F.conv_transpose2d(x, weight, stride=up, groups=channels)
+        lo, hi = pad[0] - (kh - 1), pad[1] - (kh - 1) + (up - 1)
+        x = F.pad(x, [lo, hi, lo, hi])
+    else:
+        weight = k.flip([0, 1])[None, None].repeat(channels, 1, 1, 1)
+        x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
+        x = F.conv2d(x, weight, groups=channels)
+    if down > 1:
+        x = x[:, :, ::down, ::down]
+    return x
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class PixelNorm(nn.Module):
+    """Normalise each vector to unit mean square over the last dim."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with equalised learning rate; ``activation="fused_lrelu"`` adds the fused leaky ReLU."""
+
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0, lr_mul: float = 1.0, activation: Optional[str] = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias * self.lr_mul
+        if self.activation:
+            out = F.linear(x, self.weight * self.scale)
+            return fused_leaky_relu(out, bias, dim=-1)
+        return F.linear(x, self.weight * self.scale, bias)
+
+
+class Blur(nn.Module):
+    """FIR blur with padding ``pad``; the kernel is scaled by ``upsample_factor**2``."""
+
+    def __init__(self, taps: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1) -> None:
+        super().__init__()
+        self.register_buffer("kernel", make_kernel(taps) * upsample_factor**2)
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upfirdn2d(x, self.kernel, pad=self.pad)
+
+
+class Upsample(nn.Module):
+    """2x FIR upsampling of the RGB skip path (kernel scaled by ``factor**2``)."""
+
+    def __init__(self, taps: Sequence[float], factor: int = 2) -> None:
+        super().__init__()
+        self.factor = factor
+        self.register_buffer("kernel", make_kernel(taps) * factor**2)
+        p = len(taps) - factor
+        self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
+
+
+class ModulatedConv2d(nn.Module):
+    """Style-modulated convolution; ``weight [1, O, I, k, k]``, ``modulation``: W -> per-input-channel scales."""
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int, demodulate: bool = True, upsample: bool = False, blur_kernel: Sequence[float] = BLUR_KERNEL) -> None:
+        super().__init__()
+        self.in_channel, self.out_channel, self.kernel_size = in_channel, out_channel, kernel_size
+        self.upsample = upsample
+        self.demodulate = demodulate
+        if upsample:
+            factor = 2
+            p = (len(blur_kernel) - factor) - (kernel_size - 1)
+            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
+        self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
+        #: ``"batched"`` or ``"grouped"``; set for the whole generator by :meth:`Generator.set_modconv`.
+        self.impl = "batched"
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """``x [B, I, H, W]``, ``style [B, D]`` -> ``[B, O, H', W']`` (H' = 2H when upsampling)."""
+        s = self.modulation(style)  # [B, I]
+        if self.impl == "grouped":
+            return self._grouped(x, s)
+        return self._batched(x, s)
+
+    def _demod(self, s: torch.Tensor) -> torch.Tensor:
+        # [B, O]: rsqrt(sum_{i,k} (scale * w[o,i,k] * s[b,i])^2 + 1e-8), in float32
+        with torch.autocast(device_type=s.device.type, enabled=False):
+            wsq = (self.weight[0].float() * self.scale).square().sum(dim=(2, 3))  # [O, I]
+            return torch.rsqrt(s.float().square() @ wsq.t() + 1e-8)
+
+    def _batched(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        w = self.weight[0] * self.scale  # [O, I, k, k]
+        x = x * s.to(x.dtype)[:, :, None, None]
+        if self.upsample:
+            out = F.conv_transpose2d(x, w.transpose(0, 1).to(x.dtype), stride=2)
+        else:
+            out = F.conv2d(x, w.to(x.dtype), padding=self.padding)
+        if self.demodulate:
+            out = out * self._demod(s).to(out.dtype)[:, :, None, None]
+        return self.blur(out) if self.upsample else out
+
+    def _grouped(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        b, i, h, w_ = x.shape
+        o, k = self.out_channel, self.kernel_size
+        weight = self.scale * self.weight * s.to(self.weight.dtype).view(b, 1, i, 1, 1)  # [B, O, I, k, k]
+        if self.demodulate:
+            weight = weight * torch.rsqrt(weight.square().sum(dim=(2, 3, 4)) + 1e-8).view(b, o, 1, 1, 1)
+        x = x.reshape(1, b * i, h, w_)
+        if self.upsample:
+            weight = weight.transpose(1, 2).reshape(b * i, o, k, k)
+            out = F.conv_transpose2d(x, weight.to(x.dtype), stride=2, groups=b)
+            return self.blur(out.view(b, o, out.shape[-2], out.shape[-1]))
+        out = F.conv2d(x, weight.reshape(b * o, i, k, k).to(x.dtype), padding=self.padding, groups=b)
+        return out.view(b, o, h, w_)
+
+
+class NoiseInjection(nn.Module):
+    """Adds ``weight * noise`` (one learned scalar, per-pixel noise shared over channels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
+        if noise is None:
+            return x
+        return x + self.weight.to(x.dtype) * noise.to(x.dtype)
+
+
+class ConstantInput(nn.Module):
+    """The learned 4x4 input ``input [1, C, 4, 4]``, repeated over the batch."""
+
+    def __init__(self, channel: int, size: int = 4) -> None:
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channel, size, size))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.input.expand(batch, -1, -1, -1)
+
+
+class FusedLeakyReLU(nn.Module):
+    """Per-channel bias then leaky ReLU(0.2) times sqrt(2); ``bias [C]``."""
+
+    def __init__(self, channel: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channel))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fused_leaky_relu(x, self.bias, dim=1)
+
+
+class StyledConv(nn.Module):
+    """Modulated conv -> noise -> bias + fused leaky ReLU."""
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int, upsample: bool = False, blur_kernel: Sequence[float] = BLUR_KERNEL) -> None:
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channel, out_channel, kernel_size, style_dim, upsample=upsample, blur_kernel=blur_kernel)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channel)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.activate(self.noise(self.conv(x, style), noise))
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated conv (no demodulation) to RGB plus bias, added to the upsampled skip image."""
+
+    def __init__(self, in_channel: int, style_dim: int, upsample: bool = True, blur_kernel: Sequence[float] = BLUR_KERNEL) -> None:
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample(blur_kernel)
+        self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = self.conv(x, style) + self.bias.to(x.dtype)
+        if skip is not None:
+            out = out + self.upsample(skip)
+        return out
+
+
+# --------------------------------------------------------------------------- generator
+
+
+def channel_table(size: int, channel_multiplier: int = 2, channel_max: int = 512) -> dict[int, int]:
+    """Feature channels per resolution: ``channel_max`` up to 32 px, then ``channel_multiplier * channel_max * 32 / res``.
+
+    With ``channel_max=512`` this is the rosinality table (64: 256*cm ... 1024: 16*cm).
+    """
+    out = {}
+    res = 4
+    while res <= size:
+        out[res] = channel_max if res <= 32 else max(1, channel_multiplier * channel_max * 32 // res)
+        res *= 2
+    return out
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator; ``state_dict()`` keys equal rosinality's ``g_ema``.
+
+    ``size``: output side (power of two >= 4); ``n_latent = 2 * log2(size) - 2`` W+ styles;
+    ``channel_max`` (default 512, the official value) narrows every layer for tiny test models.
+    ``latent_avg [D]`` (non-persistent buffer, ``None`` until set) is the mean W used for truncation.
+    """
+
+    def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2, blur_kernel: Sequence[float] = BLUR_KERNEL, lr_mlp: float = 0.01, channel_max: int = 512) -> None:
+        super().__init__()
+        log_size = int(round(math.log2(size))) if size > 0 else 0
+        if size < 4 or 2**log_size != size:
+            raise BadInputError(f"generator size {size}: must be a power of two >= 4")
+        self.size, self.style_dim, self.n_mlp = size, style_dim, n_mlp
+        self.channel_multiplier, self.channel_max, self.lr_mlp = channel_multiplier, channel_max, lr_mlp
+        self.blur_kernel = tuple(blur_kernel)
+        self.log_size = log_size
+        self.num_layers = (log_size - 2) * 2 + 1
+        self.n_latent = log_size * 2 - 2
+        self.channels = channel_table(size, channel_multiplier, channel_max)
+
+        self.style = nn.Sequential(PixelNorm(), *[EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation="fused_lrelu") for _ in range(n_mlp)])
+        c4 = self.channels[4]
+        self.input = ConstantInput(c4)
+        self.conv1 = StyledConv(c4, c4, 3, style_dim, blur_kernel=blur_kernel)
+        self.to_rgb1 = ToRGB(c4, style_dim, upsample=False)
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        self.noises = nn.Module()
+        for idx in range(self.num_layers):
+            res = 2 ** ((idx + 5) // 2)
+            self.noises.register_buffer(f"noise_{idx}", torch.randn(1, 1, res, res))
+        in_channel = c4
+        for i in range(3, log_size + 1):
+            out_channel = self.channels[2**i]
+            self.convs.append(StyledConv(in_channel, out_channel, 3, style_dim, upsample=True, blur_kernel=blur_kernel))
+            self.convs.append(StyledConv(out_channel, out_channel, 3, style_dim, blur_kernel=blur_kernel))
+            self.to_rgbs.append(ToRGB(out_channel, style_dim))
+            in_channel = out_channel
+        self.register_buffer("latent_avg", None, persistent=False)
+        #: memory format of the feature maps (``torch.channels_last`` speeds up GPUs)
+        self.memory_format = torch.contiguous_format
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-ready); ``Generator(**g.config())`` rebuilds the architecture."""
+        return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp, "channel_multiplier": self.channel_multiplier,
+                "blur_kernel": list(self.blur_kernel), "lr_mlp": self.lr_mlp, "channel_max": self.channel_max}
+
+    def set_modconv(self, impl: Literal["batched", "grouped"]) -> "Generator":
+        """Choose the modulated-conv path for every layer (same maths; ``batched`` is faster on GPUs)."""
+        if impl not in ("batched", "grouped"):
+            raise BadInputError(f"modconv {impl!r}: choose 'batched' or 'grouped'")
+        for m in self.modules():
+            if isinstance(m, ModulatedConv2d):
+                m.impl = impl
+        return self
+
+    def mapping(self, z: torch.Tensor) -> torch.Tensor:
+        """Mapping network: ``z [..., D]`` -> ``w [..., D]``."""
+        return self.style(z)
+
+    @torch.no_grad()
+    def mean_latent(self, n: int = 4096, seed: Optional[int] = None) -> torch.Tensor:
+        """Mean of ``n`` mapped Gaussian samples, ``[1, D]`` (seeded when ``seed`` is given)."""
+        dev = self.input.input.device
+        gen = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+        z = torch.randn(n, self.style_dim, generator=gen).to(dev)
+        return self.style(z).mean(0, keepdim=True)
+
+    def make_noise(self, noise_mode: NoiseMode, batch: int = 1) -> list[Optional[torch.Tensor]]:
+        """Per-layer noise: the stored buffers (``const``), fresh Gaussian maps (``random``) or ``None``."""
+        buffers = [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
+        if noise_mode == "const":
+            return buffers
+        if noise_mode == "random":
+            return [torch.randn(batch, 1, b.shape[-2], b.shape[-1], device=b.device) for b in buffers]
+        if noise_mode == "none":
+            return [None] * self.num_layers
+        raise BadInputError(f"noise_mode {noise_mode!r}: choose 'const', 'random' or 'none'")
+
+    def forward(self, styles: torch.Tensor, input_is_latent: bool = False, noise_mode: NoiseMode = "const", truncation: float = 1.0,
+                truncation_latent: Optional[torch.Tensor] = None, noise: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
+        """Render images ``[B, 3, S, S]`` (roughly in [-1, 1], not clamped).
+
+        ``styles``: ``z`` or ``w`` ``[B, D]`` (one code for all layers) or ``[B, L, D]`` (W+ when
+        ``input_is_latent``, per-layer ``z`` otherwise). ``truncation < 1`` pulls W towards
+        ``truncation_latent`` (default :attr:`latent_avg`). ``noise`` overrides ``noise_mode``.
+        """
+        w = styles if input_is_latent else self.mapping(styles)
+        if truncation != 1.0:
+            avg = truncation_latent if truncation_latent is not None else self.latent_avg
+            if avg is None:
+                raise BadInputError("truncation needs a mean latent: pass truncation_latent or set generator.latent_avg (e.g. g.mean_latent())")
+            avg = avg.reshape(-1, self.style_dim)[0] if avg.shape[-1] == self.style_dim and avg.ndim <= 2 else avg
+            w = avg + truncation * (w - avg)
+        if w.ndim == 2:
+            w = w[:, None, :].expand(-1, self.n_latent, -1)
+        if w.ndim != 3 or w.shape[1] != self.n_latent or w.shape[2] != self.style_dim:
+            raise BadInputError(f"latent shape {tuple(styles.shape)}: expected [B, {self.style_dim}] or [B, {self.n_latent}, {self.style_dim}]")
+        return self.synthesize_wplus(w, noise_mode=noise_mode, noise=noise)
+
+    def synthesize_wplus(self, w: torch.Tensor, noise_mode: NoiseMode = "const", noise: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
+        """W+ ``[B, L, D]`` -> images ``[B, 3, S, S]``; differentiable in ``w`` and the weights."""
+        noise = list(noise) if noise is not None else self.make_noise(noise_mode, w.shape[0])
+        x = self.input(w.shape[0]).contiguous(memory_format=self.memory_format)
+        x = self.conv1(x, w[:, 0], noise[0])
+        skip = self.to_rgb1(x, w[:, 1])
+        i = 1
+        for up, conv, to_rgb, n1, n2 in zip(self.convs[::2], self.convs[1::2], self.to_rgbs, noise[1::2], noise[2::2]):
+            x = up(x, w[:, i], n1)
+            x = conv(x, w[:, i + 1], n2)
+            skip = to_rgb(x, w[:, i + 2], skip)
+            i += 2
+        return skip
+
+
+# --------------------------------------------------------------------------- loading and saving
+
+
+def infer_config(state: Mapping[str, Any], args: Any = None) -> dict[str, Any]:
+    """Constructor arguments from a rosinality-layout state dict (``args`` consulted when given)."""
+    try:
+        c4 = int(state["input.input"].shape[1])
+        style_dim = int(state["style.1.weight"].shape[1])
+    except KeyError as exc:
+        raise BadInputError(f"not a StyleGAN2 generator state dict (no {exc.args[0]!r})") from None
+    n_mlp = sum(1 for k in state if k.startswith("style.") and k.endswith(".weight"))
+    n_up = sum(1 for k in state if k.startswith("to_rgbs.") and k.endswith(".bias"))
+    size = 4 * 2**n_up
+    cm = 2
+    if size >= 64:
+        c64 = int(state[f"convs.{2 * 3}.conv.weight"].shape[1])
+        cm = max(1, (c64 * 2) // c4)
+    elif args is not None and getattr(args, "channel_multiplier", None):
+        cm = int(args.channel_multiplier)
+    lr_mlp = 0.01
+    if args is not None and isinstance(getattr(args, "lr_mlp", None), (int, float)):
+        lr_mlp = float(args.lr_mlp)
+    return {"size": size, "style_dim": style_dim, "n_mlp": n_mlp, "channel_multiplier": cm, "channel_max": c4, "lr_mlp": lr_mlp}
+
+
+def generator_from_state_dict(state: Mapping[str, Any], path: Path | str, what: str = "g_ema", args: Any = None) -> Generator:
+    """Build a :class:`Generator` matching ``state`` (inferred config) and load it strictly."""
+    try:
+        config = infer_config(state, args)
+    except BadInputError as exc:
+        raise BadInputError(f"{path}: {what}: {exc}") from None
+    with torch.device("meta"):
+        Generator(**config)  # validates the config cheaply
+    gen = Generator(**config)
+    load_strict(gen, state, path, what)
+    return gen
+
+
+def load_rosinality_checkpoint(path: Path | str, map_location: Any = "cpu", checkpoint: Optional[Mapping[str, Any]] = None) -> tuple[Generator, Optional[torch.Tensor]]:
+    """Read a rosinality stylegan2-pytorch ``.pt`` -> ``(Generator in eval mode, latent_avg [D] | None)``.
+
+    Raises :class:`BadInputError` naming the file and the first missing/unexpected keys.
+    """
+    ckpt = checkpoint if checkpoint is not None else torch_load(path, map_location)
+    if not isinstance(ckpt, Mapping) or "g_ema" not in ckpt:
+        raise BadInputError(f"{path}: no 'g_ema' entry; expected a rosinality stylegan2-pytorch checkpoint")
+    gen = generator_from_state_dict(ckpt["g_ema"], path, "g_ema", ckpt.get("args"))
+    avg = ckpt.get("latent_avg")
+    if avg is not None:
+        avg = avg.float().reshape(-1, gen.style_dim)[0]
+        gen.latent_avg = avg.clone()
+    return gen.to(map_location).eval(), avg
+
+
+def save_safetensors(gen: Generator, path: Path | str, latent_avg: Optional[torch.Tensor] = None) -> Path:
+    """Write our format: the state dict (+ ``latent_avg``) as safetensors, config JSON in the metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in gen.state_dict().items()}
+    avg = latent_avg if latent_avg is not None else gen.latent_avg
+    if avg is not None:
+        tensors["latent_avg"] = avg.detach().float().reshape(-1)[: gen.style_dim].cpu().contiguous()
+    tmp = path.with_name(path.name + ".part")
+    save_file(tensors, str(tmp), metadata={"format": FORMAT, "config": json.dumps(gen.config())})
+    tmp.replace(path)
+    return path
+
+
+def load_safetensors(path: Path | str, map_location: Any = "cpu") -> tuple[Generator, Optional[torch.Tensor]]:
+    """Read a file written by :func:`save_safetensors` -> ``(Generator in eval mode, latent_avg | None)``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        from ..toolkit.errors import MissingWeightsError
+
+        raise MissingWeightsError(f"{path}: weight file not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise BadInputError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise BadInputError(f"{path}: safetensors metadata lacks format={FORMAT!r}; write it with save_safetensors")
+    avg = tensors.pop("latent_avg", None)
+    gen = Generator(**json.loads(meta["config"]))
+    load_strict(gen, tensors, path, "generator")
+    if avg is not None:
+        gen.latent_avg = avg.clone()
+    return gen.to(map_location).eval(), avg

@@ -1,0 +1,109 @@
+"""MFCC windows per video frame, as the ATVGnet-style audio encoder E_A consumes them.
+
+Registers the audio feature extractor ``mfcc``. Speech is resampled to
+``sample_rate``; librosa computes ``n_mfcc + 1`` MFCCs every ``hop_ms``
+(``win_ms`` Hann window, ``n_mels`` mel bands, log power floored 80 dB below
+the loudest band) and c0 (overall level) is dropped. Video frame ``t`` is at
+``t / fps`` seconds (the convention of :mod:`latentdub.toolkit.timing`); its
+window holds the ``window`` MFCC frames whose centres are
+``(c - window // 2 + k) * hop`` for ``k = 0 .. window-1``, with ``c`` the
+hop nearest to ``t / fps``. Defaults give ATVGnet's 28 x 12 window, 0.28 s
+centred on the frame. Time before the start or after the end of the audio
+is treated as silence, so any ``n_frames`` works for any fps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from latentdub.toolkit.errors import BadInputError
+from latentdub.toolkit.hookspecs import hookimpl
+from latentdub.toolkit.types import Audio
+
+
+@dataclasses.dataclass(frozen=True)
+class MfccConfig:
+    """Settings of the MFCC features.
+
+    ``sample_rate``: Hz the speech is resampled to; ``n_mfcc``: coefficients
+    kept per hop after dropping c0; ``window``: hops per frame window;
+    ``hop_ms``/``win_ms``: analysis hop and window, ms; ``n_mels``: mel bands;
+    ``normalise``: per-utterance mean/variance normalisation of each
+    coefficient (statistics over the speech, not the padding).
+    """
+
+    sample_rate: int = 16000
+    n_mfcc: int = 12
+    window: int = 28
+    hop_ms: float = 10.0
+    win_ms: float = 25.0
+    n_mels: int = 40
+    normalise: bool = True
+
+
+@hookimpl
+def register_audio_features(register):
+    register("mfcc", build_mfcc, config=MfccConfig, summary="MFCC windows per video frame (ATVGnet: 28 x 12, 0.28 s)")
+
+
+def build_mfcc(config: MfccConfig, context: Any) -> "MfccFeatures":
+    """Factory: validates the config and returns :class:`MfccFeatures`."""
+    return MfccFeatures(config)
+
+
+class MfccFeatures:
+    """``compute(audio, fps, n_frames)`` -> float32 ``[n_frames, window, n_mfcc]``."""
+
+    def __init__(self, config: MfccConfig = MfccConfig()) -> None:
+        for name in ("sample_rate", "n_mfcc", "window", "n_mels"):
+            if getattr(config, name) < 1:
+                raise BadInputError(f"audio_features.{name}: must be >= 1, got {getattr(config, name)}")
+        hop = config.sample_rate * config.hop_ms / 1000.0
+        if hop < 1 or abs(hop - round(hop)) > 1e-6:
+            raise BadInputError(f"audio_features.hop_ms: {config.hop_ms} ms is not a whole number of samples at {config.sample_rate} Hz")
+        if config.win_ms < config.hop_ms:
+            raise BadInputError(f"audio_features.win_ms: must be >= hop_ms ({config.hop_ms}), got {config.win_ms}")
+        if config.n_mfcc + 1 > config.n_mels:
+            raise BadInputError(f"audio_features.n_mfcc: at most n_mels - 1 = {config.n_mels - 1}, got {config.n_mfcc}")
+        self.config = config
+        self.sample_rate = config.sample_rate
+        self.hop = int(round(hop))
+        self.win = int(round(config.sample_rate * config.win_ms / 1000.0))
+
+    def mfcc(self, samples: np.ndarray) -> np.ndarray:
+        """float32 ``[n_hops, n_mfcc]``: MFCCs (c0 dropped) centred at ``j * hop`` samples."""
+        import librosa
+
+        n_fft = 1 << max(int(np.ceil(np.log2(self.win))), 1)
+        feats = librosa.feature.mfcc(
+            y=np.asarray(samples, np.float32), sr=self.sample_rate, n_mfcc=self.config.n_mfcc + 1,
+            n_fft=n_fft, win_length=self.win, hop_length=self.hop, n_mels=self.config.n_mels, center=True,
+        )
+        return feats[1:].T.astype(np.float32)
+
+    def compute(self, audio: Audio, fps: float, n_frames: int) -> np.ndarray:
+        """One ``[window, n_mfcc]`` window per frame ``t`` centred on ``t / fps`` s: float32 ``[n_frames, window, n_mfcc]``."""
+        if not fps > 0 or n_frames < 0:
+            raise BadInputError(f"audio_features: need fps > 0 and n_frames >= 0, got fps={fps}, n_frames={n_frames}")
+        from latentdub.toolkit.audio import resample
+
+        cfg = self.config
+        x = resample(audio, self.sample_rate).samples
+        half = cfg.window // 2
+        hop_s = self.hop / self.sample_rate
+        centres = np.rint(np.arange(n_frames) / fps / hop_s).astype(np.int64)  # hop index of each frame
+        last = int(centres.max()) + cfg.window - half if n_frames else 0
+        n_hops = max(last, len(x) // self.hop + 1)
+        padded = np.zeros((n_hops + half) * self.hop + 1, np.float32)
+        padded[half * self.hop: half * self.hop + len(x)] = x
+        feats = self.mfcc(padded)  # row j is centred at (j - half) hops of the audio
+        if cfg.normalise:
+            speech = feats[half: half + len(x) // self.hop + 1]
+            mean = speech.mean(0)
+            std = speech.std(0)
+            feats = (feats - mean) / np.where(std > 1e-5, std, 1.0)
+        rows = centres[:, None] + np.arange(cfg.window)[None, :]  # (c - half + k) + half
+        return np.ascontiguousarray(feats[rows], dtype=np.float32)

@@ -1,0 +1,138 @@
+"""Compositors "soft" and "poisson": paste the rendered crop back through a feathered face-region mask.
+
+The mask is a convex hull of landmarks (mouth, lower face or whole face),
+grown and feathered by amounts given in inter-ocular distances (IOD), so it
+depends only on the (smoothed) landmarks and is identical for identical
+landmarks. All work happens on the mask's bounding box; every pixel where the
+mask is 0 is returned bit-identical to the input frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from latentdub.toolkit.errors import BadInputError
+from latentdub.toolkit.hookspecs import hookimpl
+from latentdub.toolkit.masks import Region, region_mask
+from latentdub.toolkit.types import Alignment
+
+#: Feather-band pixels (0 < alpha < 1) needed before colour statistics are trusted.
+_MIN_RING_PIXELS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftCompositorConfig:
+    """Settings of the soft-mask compositor (lengths in IOD, the inter-ocular distance)."""
+
+    #: Face region replaced: 'mouth' (lips), 'lower_face' (jaw, lips, below the nostrils) or 'face'.
+    region: Region = "lower_face"
+    #: Outward growth of the region's convex hull, in IOD.
+    dilate: float = 0.05
+    #: Gaussian sigma of the soft edge, in IOD; the mask reaches 0 at 3 sigma beyond the grown hull.
+    feather: float = 0.12
+    #: Extra room below the jaw line for a lowered chin, in IOD ('lower_face' and 'face').
+    jaw_margin: float = 0.25
+    #: Colour transfer from frame to crop, measured in the feather band: 'none', 'mean_std' (RGB) or 'lab'.
+    color_match: Literal["none", "mean_std", "lab"] = "mean_std"
+    #: Poisson-blend (cv2.seamlessClone, NORMAL_CLONE) inside the mask before the alpha blend.
+    poisson: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PoissonCompositorConfig(SoftCompositorConfig):
+    """Settings of the Poisson compositor: the soft compositor with gradient-domain blending on."""
+
+    #: Poisson-blend (cv2.seamlessClone, NORMAL_CLONE) inside the mask before the alpha blend.
+    poisson: bool = True
+
+
+class SoftCompositor:
+    """Warps a crop back with the inverse alignment and alpha-blends it inside a feathered landmark mask."""
+
+    def __init__(self, config: SoftCompositorConfig = SoftCompositorConfig()):
+        for name in ("dilate", "feather", "jaw_margin"):
+            if getattr(config, name) < 0:
+                raise BadInputError(f"compositor.{name}: must be >= 0, got {getattr(config, name)}")
+        self.config = config
+
+    def mask(self, frame_shape: tuple[int, int], landmarks: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """(float32 alpha ``[h, w]``, (x0, y0, x1, y1) box in frame px) for landmarks ``[5|68, 2]`` in frame px."""
+        c = self.config
+        return region_mask(landmarks, frame_shape, c.region, c.dilate, c.feather, c.jaw_margin)
+
+    def composite(self, frame: np.ndarray, rendered: np.ndarray, alignment: Alignment, landmarks: np.ndarray) -> np.ndarray:
+        """Frame uint8 ``[H, W, 3]``, crop uint8 ``[S, S, 3]``, landmarks ``[5|68, 2]`` frame px -> new uint8 frame.
+
+        The input frame is not modified; pixels where the mask is 0 keep their exact values.
+        """
+        if frame.dtype != np.uint8 or frame.ndim != 3 or rendered.dtype != np.uint8 or rendered.ndim != 3:
+            raise BadInputError(f"compositor: expected uint8 [H, W, 3] frame and [S, S, 3] crop, got {frame.dtype}{frame.shape} and {rendered.dtype}{rendered.shape}")
+        out = frame.copy()
+        alpha, (x0, y0, x1, y1) = self.mask(frame.shape[:2], landmarks)
+        if alpha.size == 0:
+            return out
+        # crop -> ROI of the frame: dst(x, y) = crop(M @ (x + x0, y + y0, 1))
+        m = np.asarray(alignment.matrix, np.float64)
+        to_crop = np.concatenate([m[:, :2], (m[:, :2] @ np.array([x0, y0], np.float64) + m[:, 2])[:, None]], axis=1)
+        size = (x1 - x0, y1 - y0)
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        warped = cv2.warpAffine(rendered, to_crop, size, flags=flags, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        inside = cv2.warpAffine(np.ones(rendered.shape[:2], np.float32), to_crop, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        alpha = alpha * np.where(inside > 1 - 1e-3, np.float32(1), inside)
+        base = frame[y0:y1, x0:x1].astype(np.float32)
+        if self.config.color_match != "none":
+            warped = _match_colour(warped, base, alpha, self.config.color_match)
+        if self.config.poisson:
+            warped = _poisson(warped, base, alpha)
+        blended = base + alpha[..., None] * (warped - base)
+        out[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+        return out
+
+
+def _match_colour(warped: np.ndarray, base: np.ndarray, alpha: np.ndarray, mode: str) -> np.ndarray:
+    """Shift the per-channel mean and scale the spread of ``warped`` (float32 RGB 0-255) to ``base`` in the feather band."""
+    ring = (alpha > 0.02) & (alpha < 0.98)
+    if int(ring.sum()) < _MIN_RING_PIXELS:
+        return warped
+    if mode == "lab":
+        src = cv2.cvtColor(warped * np.float32(1 / 255), cv2.COLOR_RGB2Lab)
+        ref = cv2.cvtColor(base * np.float32(1 / 255), cv2.COLOR_RGB2Lab)
+    else:
+        src, ref = warped, base
+    s_mean, s_std = src[ring].mean(0), src[ring].std(0)
+    r_mean, r_std = ref[ring].mean(0), ref[ring].std(0)
+    gain = np.clip(r_std / np.maximum(s_std, 1e-3), 0.5, 2.0).astype(np.float32)
+    matched = (src - s_mean) * gain + r_mean
+    if mode == "lab":
+        matched = cv2.cvtColor(matched.astype(np.float32), cv2.COLOR_Lab2RGB) * np.float32(255)
+    return np.clip(matched, 0, 255).astype(np.float32)
+
+
+def _poisson(warped: np.ndarray, base: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Gradient-domain blend of ``warped`` into ``base`` over the mask's support (both float32 ``[h, w, 3]``)."""
+    pad = 4
+    support = (alpha > 0).astype(np.uint8) * 255
+    if not support.any():
+        return warped
+    src = cv2.copyMakeBorder(np.clip(np.rint(warped), 0, 255).astype(np.uint8), pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    dst = cv2.copyMakeBorder(base.astype(np.uint8), pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    mask = cv2.copyMakeBorder(support, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    x, y, w, h = cv2.boundingRect(mask)
+    centre = (x + w // 2, y + h // 2)  # seamlessClone places the mask's bounding box at centre - size // 2
+    cloned = cv2.seamlessClone(src, dst, mask, centre, cv2.NORMAL_CLONE)
+    return cloned[pad:-pad, pad:-pad].astype(np.float32)
+
+
+def build_soft(config: SoftCompositorConfig, context) -> SoftCompositor:
+    """Soft-mask compositor."""
+    return SoftCompositor(config)
+
+
+@hookimpl
+def register_compositors(register):
+    register("soft", build_soft, config=SoftCompositorConfig, summary="feathered landmark mask, colour matching, optional Poisson blend")
+    register("poisson", build_soft, config=PoissonCompositorConfig, summary="soft compositor with Poisson (seamlessClone) blending on")

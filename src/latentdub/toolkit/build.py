@@ -1,0 +1,64 @@
+"""Build the components a preset names, once each, with a shared context."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .context import BuildContext
+from .devices import resolve_device
+from .errors import ConfigError, LatentdubError, PluginError
+from .plugins import get_component
+from .presets import STAGES, Preset
+
+
+class Components:
+    """Lazily built components of one preset: ``components["detector"]``.
+
+    Each stage is built at most once; factories may ask for other stages
+    through ``context.build``. Errors raised by third-party factories are
+    wrapped in :class:`PluginError` naming the plugin.
+    """
+
+    def __init__(self, preset: Preset, profile: Optional[Path] = None, log: Callable[[str], None] = print) -> None:
+        self.preset = preset
+        self.device = resolve_device(preset.device)
+        self.log = log
+        self._built: dict[str, Any] = {}
+        self._building: list[str] = []
+        self.context = BuildContext(
+            device=self.device, weights=self._weights, build=self.__getitem__, seed=preset.seed, profile=profile, log=log
+        )
+
+    @staticmethod
+    def _weights(name_or_path: str) -> Path:
+        from . import weights
+
+        return weights.resolve(name_or_path)
+
+    def has(self, stage: str) -> bool:
+        """True when the preset configures ``stage``."""
+        return stage in self.preset.stages
+
+    def __getitem__(self, stage: str) -> Any:
+        if stage in self._built:
+            return self._built[stage]
+        if stage not in STAGES:
+            raise ConfigError(f"{stage}: unknown stage (known: {', '.join(STAGES)})")
+        if stage not in self.preset.stages:
+            raise ConfigError(f"{stage}: preset {self.preset.name!r} configures no {stage}; add `{stage}: {{plugin: NAME}}` or --set {stage}.plugin=NAME")
+        if stage in self._building:
+            raise PluginError(f"{stage}: circular dependency between stages {' -> '.join(self._building + [stage])}")
+        spec = self.preset.stages[stage]
+        component = get_component(STAGES[stage], spec.plugin)
+        self._building.append(stage)
+        try:
+            built = component.factory(spec.config, self.context)
+        except LatentdubError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"{stage}: plugin {spec.plugin!r} ({component.plugin}) failed to build: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._building.pop()
+        self._built[stage] = built
+        return built

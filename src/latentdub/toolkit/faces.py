@@ -1,0 +1,507 @@
+"""Face analysis: FFHQ-style alignment, target selection, tracking and smoothing.
+
+Pass 1 of the pipeline (:func:`analyse_video`) streams the frames once,
+detects faces, keeps following one chosen person, bridges short gaps,
+smooths the landmarks over time and returns a :class:`FaceTrack` holding only
+per-frame numbers (boxes, landmarks, alignment matrices), never images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
+
+import numpy as np
+
+from .errors import BadInputError, NoFaceError
+from .presets import TrackConfig
+from .types import Alignment, Face, Frame, TrackedFace
+
+#: Per-frame status codes stored in :attr:`FaceTrack.status`.
+NO_FACE, DETECTED, REFIT, BRIDGED = 0, 1, 2, 3
+_SKIPPED = 4  # not detected on purpose (detect_every); resolved before the track is returned
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+def _five_points(landmarks: np.ndarray) -> np.ndarray:
+    """Eye centres, nose, mouth corners ``[5, 2]`` from 5 or 68 (iBUG) points."""
+    pts = np.asarray(landmarks, np.float64)
+    if pts.shape == (5, 2):
+        return pts
+    if pts.shape == (68, 2):
+        return np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
+    raise ValueError(f"landmarks must be [5, 2] or [68, 2], got {pts.shape}")
+
+
+def five_from_68(landmarks68: np.ndarray) -> np.ndarray:
+    """float32 ``[5, 2]`` (eye centres of 36-41 / 42-47, nose tip 30, mouth corners 48 / 54)."""
+    return _five_points(landmarks68).astype(np.float32)
+
+
+def ffhq_alignment(landmarks: np.ndarray, size: int, scale: float = 1.0) -> Alignment:
+    """Similarity transform from frame pixels to the FFHQ-style ``size`` x ``size`` crop.
+
+    ``landmarks``: ``[5, 2]`` (eye centres, nose, mouth corners, image-left
+    first) or ``[68, 2]`` iBUG points, in frame pixels. The crop is centred
+    a tenth of the way from the eye midpoint to the mouth midpoint; its
+    half-side is ``max(2 * |eye_to_eye|, 1.8 * |eye_to_mouth|)`` and its
+    horizontal axis is the eye-to-eye vector blended with the normal of the
+    eye-to-mouth vector, as in the FFHQ dataset recipe. ``scale`` > 1 widens
+    the crop (more context), < 1 zooms in. Crop pixel centres sit at integer
+    coordinates, so the quad's corners map to (-0.5, -0.5) and
+    (size - 0.5, size - 0.5).
+    """
+    pts = _five_points(landmarks)
+    eye_l, eye_r, _, mouth_l, mouth_r = pts
+    eye_mid = (eye_l + eye_r) / 2
+    eye_to_eye = eye_r - eye_l
+    eye_to_mouth = (mouth_l + mouth_r) / 2 - eye_mid
+    # x axis: eye-to-eye blended with eye-to-mouth rotated by -90 degrees
+    x = eye_to_eye + np.array([eye_to_mouth[1], -eye_to_mouth[0]])
+    norm = np.hypot(*x)
+    if not np.isfinite(norm) or norm < 1e-6:
+        raise ValueError("degenerate landmarks: eyes and mouth coincide")
+    half = max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8) * float(scale)
+    x_hat = x / norm
+    y_hat = np.array([-x_hat[1], x_hat[0]])  # x rotated by +90 degrees (image y points down)
+    centre = eye_mid + 0.1 * eye_to_mouth
+    k = size / (2.0 * half)  # crop pixels per frame pixel
+    rot = k * np.stack([x_hat, y_hat])
+    offset = size / 2.0 - 0.5 - rot @ centre
+    return Alignment(matrix=np.concatenate([rot, offset[:, None]], axis=1), size=int(size))
+
+
+def warp_to_crop(image: np.ndarray, alignment: Alignment) -> np.ndarray:
+    """Aligned crop uint8 ``[S, S, 3]`` of frame ``image`` uint8 ``[H, W, 3]``.
+
+    Bilinear sampling with reflected borders; when the crop shrinks the face
+    by more than 2x, the relevant region is first reduced with Gaussian
+    pyramid steps so the result does not alias.
+    """
+    m = np.array(alignment.matrix, np.float64)
+    size = alignment.size
+    h, w = image.shape[:2]
+    corners = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
+    pre = alignment.invert(corners)
+    k = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))  # crop px per frame px
+    # sample only the region the crop reaches (plus the filter's support); a side is
+    # cut only where that region lies inside the image, so reflection stays at real edges
+    pad = 2.0 / min(k, 1.0) + 2.0
+    lo = np.floor(pre.min(0) - pad).astype(int)
+    hi = np.ceil(pre.max(0) + pad).astype(int) + 1
+    x0 = lo[0] if 0 < lo[0] < w else 0
+    y0 = lo[1] if 0 < lo[1] < h else 0
+    x1 = hi[0] if x0 < hi[0] < w else w
+    y1 = hi[1] if y0 < hi[1] < h else h
+    image = image[y0:y1, x0:x1]
+    m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)
+    while k < 0.5 and min(image.shape[:2]) > 8:
+        image = _pyr_down(image)
+        m[:, :2] *= 2.0
+        k *= 2.0
+    import cv2
+
+    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def _pyr_down(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.pyrDown(image)
+
+
+def warp_to_frame(crop: np.ndarray, alignment: Alignment, frame_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Map a crop ``[S, S, C]`` back into frame space.
+
+    Returns the warped image ``[H, W, C]`` (same dtype; zero outside the crop)
+    and its coverage float32 ``[H, W]`` in [0, 1] (1 inside the crop,
+    anti-aliased at the crop's edges).
+    """
+    import cv2
+
+    h, w = int(frame_shape[0]), int(frame_shape[1])
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    out = cv2.warpAffine(crop, alignment.matrix, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    ones = np.ones(crop.shape[:2], np.float32)
+    cover = cv2.warpAffine(ones, alignment.matrix, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out, cover
+
+
+# --------------------------------------------------------------------------- measures
+
+
+def mouth_opening(landmarks68: np.ndarray) -> float:
+    """Inner-lip gap (mean distance of points 61/62/63 to 67/66/65) over the inter-ocular distance."""
+    pts = np.asarray(landmarks68, np.float64)
+    gap = np.linalg.norm(pts[[61, 62, 63]] - pts[[67, 66, 65]], axis=1).mean()
+    ocular = np.linalg.norm(pts[42:48].mean(0) - pts[36:42].mean(0))
+    return float(gap / max(ocular, 1e-6))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- selection
+
+
+class FaceReference(Protocol):
+    """Who to dub in ``select: reference`` mode: smaller distance = more alike."""
+
+    def distance(self, image: np.ndarray, face: Face) -> float:
+        """Identity distance of ``face`` (in ``image``) to the reference person."""
+
+
+class DlibReference:
+    """Identity of the face in a reference image, compared with dlib's 128-d face embedding.
+
+    Faces are aligned with :func:`ffhq_alignment` (zoomed to dlib's chip
+    framing) at 150 px; distances below ~0.6 usually mean the same person.
+    """
+
+    def __init__(self, embedding: np.ndarray, model) -> None:
+        self.embedding = embedding
+        self._model = model
+
+    @classmethod
+    def from_image(cls, image: np.ndarray, detector, source: str = "reference image") -> "DlibReference":
+        """Embed the best face that ``detector`` finds in ``image`` (NoFaceError when none)."""
+        from latentdub.plugins.dlib_detector import load_face_embedder
+
+        faces = detector.detect(image)
+        if not faces:
+            raise NoFaceError(f"{source}: no face found; give track.reference_image a photo with one clear face")
+        model = load_face_embedder()
+        ref = cls(np.zeros(128, np.float32), model)
+        ref.embedding = ref.embed(image, faces[0])
+        return ref
+
+    def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
+        """float32 ``[128]`` embedding of ``face``."""
+        chip = warp_to_crop(image, ffhq_alignment(face.landmarks5, 150, scale=0.75))
+        return np.asarray(self._model.compute_face_descriptor(chip), np.float32)
+
+    def distance(self, image: np.ndarray, face: Face) -> float:
+        """Euclidean distance between embeddings."""
+        return float(np.linalg.norm(self.embed(image, face) - self.embedding))
+
+
+def usable_faces(faces: Iterable[Face], min_score: float, min_size: float) -> list[Face]:
+    """Faces with ``score >= min_score`` and ``size >= min_size`` (px), order kept."""
+    return [f for f in faces if f.score >= min_score and f.size >= min_size]
+
+
+def select_target(
+    faces: Sequence[Face],
+    mode: str,
+    image_shape: Sequence[int],
+    reference: Optional[FaceReference] = None,
+    image: Optional[np.ndarray] = None,
+) -> Optional[int]:
+    """Index into ``faces`` of the face to dub, or None when ``faces`` is empty.
+
+    ``largest``: biggest box; ``central``: box centre nearest the image
+    centre (distance relative to the image diagonal, ties to the larger);
+    ``reference``: smallest ``reference.distance(image, face)`` (needs both).
+    """
+    if not faces:
+        return None
+    if mode == "largest":
+        return int(np.argmax([f.size for f in faces]))
+    if mode == "central":
+        centre = np.array([image_shape[1] / 2, image_shape[0] / 2])
+        diag = float(np.hypot(image_shape[0], image_shape[1]))
+        keys = [np.linalg.norm(f.centre - centre) / diag - 1e-3 * f.size / diag for f in faces]
+        return int(np.argmin(keys))
+    if mode == "reference":
+        if reference is None or image is None:
+            raise BadInputError("track.select=reference needs track.reference_image (a photo of the person to dub)")
+        return int(np.argmin([reference.distance(image, f) for f in faces]))
+    raise BadInputError(f"track.select: unknown mode {mode!r} (largest, central, reference)")
+
+
+def _landmark_frame(landmarks5: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre and scale (px) of a face from its five points, for box prediction."""
+    pts = np.asarray(landmarks5, np.float64)
+    eye_mid = (pts[0] + pts[1]) / 2
+    mouth_mid = (pts[3] + pts[4]) / 2
+    return pts.mean(0), float(max(np.hypot(*(pts[1] - pts[0])), np.hypot(*(mouth_mid - eye_mid)), 1e-3))
+
+
+class _Tracker:
+    """Online: picks the target once, then follows it by box overlap / centre distance."""
+
+    def __init__(self, detector, config: TrackConfig, reference: Optional[FaceReference]) -> None:
+        self.detector = detector
+        self.config = config
+        self.reference = reference
+        self.refit = getattr(detector, "landmarks_in_box", None)
+        self.last: Optional[Face] = None  # target in the latest frame that had it
+        self.missed = 0  # consecutive frames since the target was last seen
+        self.box_rel = np.zeros(4)  # detector box relative to the landmark frame at the last detection
+
+    def step(self, index: int, image: np.ndarray) -> tuple[Optional[Face], int, int]:
+        """Target face, status code and number of usable faces for one frame."""
+        cfg = self.config
+        tracking = self.last is not None and self.missed == 0
+        if tracking and index % max(cfg.detect_every, 1) != 0:
+            if self.refit is None:
+                return None, _SKIPPED, 0
+            face = self._refit(image)
+            if face is not None:
+                self.last, self.missed = face, 0
+                return face, REFIT, 0
+        faces = usable_faces(self.detector.detect(image), cfg.min_score, cfg.min_size)
+        if self.last is not None and self.missed <= cfg.max_gap:
+            pick = self._match(faces)
+        else:
+            pick = select_target(faces, cfg.select, image.shape, self.reference, image)
+        if pick is None:
+            self.missed += 1
+            return None, NO_FACE, len(faces)
+        face = faces[pick]
+        centre, scale = _landmark_frame(face.landmarks5)
+        self.box_rel = (np.asarray(face.box, np.float64) - np.tile(centre, 2)) / scale
+        self.last, self.missed = face, 0
+        return face, DETECTED, len(faces)
+
+    def _match(self, faces: list[Face]) -> Optional[int]:
+        assert self.last is not None
+        best, best_key = None, None
+        for i, f in enumerate(faces):
+            iou = box_iou(f.box, self.last.box)
+            dist = float(np.linalg.norm(f.centre - self.last.centre)) / max(self.last.size, 1.0)
+            if iou < 0.3 and dist > 0.5:
+                continue
+            key = (iou, -dist)
+            if best_key is None or key > best_key:
+                best, best_key = i, key
+        return best
+
+    def _refit(self, image: np.ndarray) -> Optional[Face]:
+        assert self.last is not None
+        centre, scale = _landmark_frame(self.last.landmarks5)
+        box = (np.tile(centre, 2) + self.box_rel * scale).astype(np.float32)
+        face = self.refit(image, box, score=self.last.score)
+        h, w = image.shape[:2]
+        c = face.centre
+        if face.size < self.config.min_size or not (0 <= c[0] < w and 0 <= c[1] < h):
+            return None
+        return face
+
+
+# --------------------------------------------------------------------------- the track
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceTrack:
+    """The target face through a clip, as per-frame arrays (NaN where there is none).
+
+    ``boxes`` float32 ``[N, 4]``; ``scores`` float32 ``[N]``; ``landmarks5``
+    float32 ``[N, 5, 2]``; ``landmarks68`` float32 ``[N, 68, 2]`` or None when
+    the detector has no dense points; ``matrices`` float64 ``[N, 2, 3]``
+    (frame px -> crop px, see :class:`Alignment`); ``status`` uint8 ``[N]``
+    (:data:`NO_FACE`, :data:`DETECTED`, :data:`REFIT`, :data:`BRIDGED`).
+    ``n_faces_max`` is the most usable faces seen in one detected frame and
+    ``best_frame`` the detected frame best suited as a reference (confident
+    and frontal), -1 when there is none.
+    """
+
+    n_frames: int
+    crop_size: int
+    boxes: np.ndarray
+    scores: np.ndarray
+    landmarks5: np.ndarray
+    landmarks68: Optional[np.ndarray]
+    matrices: np.ndarray
+    status: np.ndarray
+    n_faces_max: int
+    best_frame: int
+
+    @property
+    def n_with_face(self) -> int:
+        """Frames that have a target face (detected, refitted or bridged)."""
+        return int(np.count_nonzero(self.status != NO_FACE))
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def __getitem__(self, index: int) -> TrackedFace:
+        """The :class:`TrackedFace` of frame ``index`` (built on demand)."""
+        i = range(self.n_frames)[index]
+        if self.status[i] == NO_FACE:
+            return TrackedFace(frame_index=i, face=None, alignment=None)
+        lm68 = None if self.landmarks68 is None else self.landmarks68[i]
+        face = Face(box=self.boxes[i], score=float(self.scores[i]), landmarks5=self.landmarks5[i], landmarks68=lm68)
+        return TrackedFace(frame_index=i, face=face, alignment=Alignment(self.matrices[i], self.crop_size))
+
+    def __iter__(self) -> Iterator[TrackedFace]:
+        return (self[i] for i in range(self.n_frames))
+
+    @property
+    def faces(self) -> "FaceTrack":
+        """Per-frame :class:`TrackedFace` sequence (the track itself: indexable, iterable, sized)."""
+        return self
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Half-open [start, end) runs where ``mask`` is True."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def _bridge(status: np.ndarray, arrays: list[np.ndarray], max_gap: int) -> None:
+    """Fill gaps between face frames in place: linear interpolation; skipped tails are held."""
+    has = (status == DETECTED) | (status == REFIT)
+    for start, end in _runs(~has):
+        inner = status[start:end]
+        only_skipped = bool(np.all(inner == _SKIPPED))
+        if start > 0 and end < len(status) and (end - start <= max_gap or only_skipped):
+            t = (np.arange(start, end) - (start - 1)) / (end - start + 1)
+            for arr in arrays:
+                a, b = arr[start - 1], arr[end]
+                arr[start:end] = a + (b - a) * t.reshape((-1,) + (1,) * (arr.ndim - 1))
+            status[start:end] = BRIDGED
+        elif only_skipped and start > 0 and end == len(status):
+            for arr in arrays:
+                arr[start:end] = arr[start - 1]
+            status[start:end] = BRIDGED
+    status[status == _SKIPPED] = NO_FACE
+
+
+def smooth_series(values: np.ndarray, half_width: int) -> np.ndarray:
+    """Savitzky-Golay filter along axis 0 (window ``2 * half_width + 1``, quadratic; linear below 5).
+
+    Short series use the largest window that fits; ``half_width`` 0 returns a copy.
+    """
+    n = values.shape[0]
+    window = min(2 * half_width + 1, n if n % 2 else n - 1)
+    if half_width <= 0 or window < 3:
+        return values.copy()
+    from scipy.signal import savgol_filter
+
+    order = 2 if window >= 5 else 1
+    return savgol_filter(values, window, order, axis=0, mode="interp").astype(values.dtype)
+
+
+def _smooth(status: np.ndarray, arrays: list[Optional[np.ndarray]], widths: list[int]) -> None:
+    """Smooth each run of face frames in place (never across a frame without a face)."""
+    for start, end in _runs(status != NO_FACE):
+        for arr, width in zip(arrays, widths):
+            if arr is not None:
+                arr[start:end] = smooth_series(arr[start:end], width)
+
+
+def _frontal_score(face: Face) -> float:
+    """Detector score discounted by left/right asymmetry of the eyes around the nose."""
+    eye_l, eye_r, nose = (np.asarray(p, np.float64) for p in face.landmarks5[:3])
+    ocular = max(np.linalg.norm(eye_r - eye_l), 1e-6)
+    asym = abs(np.linalg.norm(nose - eye_l) - np.linalg.norm(nose - eye_r)) / ocular
+    return float(face.score) * (1.0 - min(asym, 1.0))
+
+
+def load_reference(config: TrackConfig, detector) -> Optional[FaceReference]:
+    """The :class:`DlibReference` for ``select: reference`` (None for other modes)."""
+    if config.select != "reference":
+        return None
+    path = config.reference_image
+    if path is None:
+        raise BadInputError("track.select=reference needs track.reference_image: --set track.reference_image=PHOTO")
+    from .video import read_image
+
+    return DlibReference.from_image(read_image(path), detector, source=str(path))
+
+
+def analyse_video(
+    frames: Iterable[Frame],
+    detector,
+    config: TrackConfig,
+    n_frames_hint: Optional[int] = None,
+    progress: Optional[Callable[[int, Optional[int]], None]] = None,
+    reference: Optional[FaceReference] = None,
+) -> FaceTrack:
+    """Pass 1: detect, select, track, bridge, smooth and align the target face.
+
+    Streams ``frames`` once and keeps no images: memory is
+    O(frames x landmarks). Detection runs every ``config.detect_every``
+    frames (and on every frame while the target is lost); in between,
+    detectors with ``landmarks_in_box(image, box, score)`` refit landmarks
+    in the box predicted from the previous frame, others are interpolated.
+    Landmarks are smoothed over ``config.smoothing`` frames each side (mouth
+    points 48-67 over half that, to keep speech motion). ``progress(done,
+    total)`` is called per frame with ``total = n_frames_hint``.
+    ``reference`` overrides the one loaded from ``config.reference_image``.
+    """
+    if reference is None:
+        reference = load_reference(config, detector)
+    tracker = _Tracker(detector, config, reference)
+    dense = bool(getattr(detector, "dense_landmarks", False))
+    nan4, nan5, nan68 = (np.full(s, np.nan, np.float32) for s in ((4,), (5, 2), (68, 2)))
+    boxes, scores, lm5, lm68, status = [], [], [], [], []
+    n_faces_max, best_frame, best_key = 0, -1, -np.inf
+    count = 0
+    for count, frame in enumerate(frames, start=1):
+        index = count - 1
+        face, code, n_faces = tracker.step(index, frame.image)
+        n_faces_max = max(n_faces_max, n_faces)
+        status.append(code)
+        if face is None:
+            boxes.append(nan4), scores.append(np.nan), lm5.append(nan5), lm68.append(nan68)
+        else:
+            boxes.append(np.asarray(face.box, np.float32))
+            scores.append(float(face.score))
+            lm5.append(np.asarray(face.landmarks5, np.float32))
+            lm68.append(np.asarray(face.landmarks68, np.float32) if face.landmarks68 is not None else nan68)
+            if code == DETECTED and _frontal_score(face) > best_key:
+                best_frame, best_key = index, _frontal_score(face)
+        if progress is not None:
+            progress(count, n_frames_hint)
+    n = count
+    status_arr = np.array(status, np.uint8)
+    box_arr = np.array(boxes, np.float32).reshape(n, 4)
+    score_arr = np.array(scores, np.float32)
+    lm5_arr = np.array(lm5, np.float32).reshape(n, 5, 2)
+    lm68_arr = np.array(lm68, np.float32).reshape(n, 68, 2) if dense else None
+    series = [box_arr, score_arr, lm5_arr] + ([lm68_arr] if lm68_arr is not None else [])
+    _bridge(status_arr, series, config.max_gap)
+    half = config.smoothing
+    if lm68_arr is not None:
+        face_pts, mouth = lm68_arr[:, :48], lm68_arr[:, 48:]
+        _smooth(status_arr, [box_arr, lm5_arr, face_pts, mouth], [half, half, half, half // 2])
+        lm68_arr = np.concatenate([face_pts, mouth], axis=1)
+    else:
+        _smooth(status_arr, [box_arr, lm5_arr], [half, half])
+    matrices = np.full((n, 2, 3), np.nan, np.float64)
+    for i in np.flatnonzero(status_arr != NO_FACE):
+        matrices[i] = ffhq_alignment(lm5_arr[i], config.crop_size).matrix
+    return FaceTrack(
+        n_frames=n,
+        crop_size=config.crop_size,
+        boxes=box_arr,
+        scores=score_arr,
+        landmarks5=lm5_arr,
+        landmarks68=lm68_arr,
+        matrices=matrices,
+        status=status_arr,
+        n_faces_max=n_faces_max,
+        best_frame=best_frame,
+    )
+
+
+def track_still(image: np.ndarray, detector, config: TrackConfig) -> TrackedFace:
+    """The target face of a single picture with its alignment (``face`` None when there is none)."""
+    reference = load_reference(config, detector)
+    faces = usable_faces(detector.detect(image), config.min_score, config.min_size)
+    pick = select_target(faces, config.select, image.shape, reference, image)
+    if pick is None:
+        return TrackedFace(frame_index=0, face=None, alignment=None)
+    face = faces[pick]
+    return TrackedFace(frame_index=0, face=face, alignment=ffhq_alignment(face.landmarks5, config.crop_size))

@@ -1,0 +1,435 @@
+"""The dubbing pipeline: ``dub`` (footage + speech) and ``animate`` (portrait + speech).
+
+Two streaming passes over the footage keep memory flat in clip length:
+
+1. analysis: decode, detect, select and track the target face, smooth its
+   landmarks, align (only landmarks are kept, ``O(frames x points)``);
+2. synthesis: decode again, crop each tracked face, render the new mouth in
+   batches, composite it back, encode; frames without a face pass through.
+
+Speech goes through the motion model once for the whole output timeline
+(compact per-frame codes), and is muxed into the result as AAC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+from .build import Components
+from .errors import NoFaceError, PluginError
+from .presets import Preset, resolve_preset
+from .types import Audio, Frame, Motion, TrackedFace
+from .video import VideoWriter, check_output_path, probe_video, read_frames, read_image
+
+#: Reference crops handed to ``Renderer.prepare`` (spread over the clip).
+N_REFERENCES = 8
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What a run produced and how long each stage took (seconds)."""
+
+    output: Path
+    preset_file: Path
+    frames: int = 0
+    frames_with_face: int = 0
+    frames_passed_through: int = 0
+    faces_max: int = 0
+    fps: float = 0.0
+    audio_seconds: float = 0.0
+    stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    extras: list[Path] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Human-readable summary lines for the CLI."""
+        total = sum(self.stage_seconds.values())
+        out = [
+            f"wrote {self.output} ({self.frames} frames at {self.fps:g} fps, {self.audio_seconds:.2f} s of speech)",
+            f"faces: {self.frames_with_face}/{self.frames} output frames dubbed, {self.frames_passed_through} passed through untouched",
+            "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.stage_seconds.items()) + f" (total {total:.2f}s, {self.frames / max(total, 1e-9):.1f} frames/s)",
+            f"resolved preset: {self.preset_file}",
+        ]
+        out += [f"also wrote {p}" for p in self.extras]
+        out += [f"note: {n}" for n in self.notes]
+        return out
+
+
+@contextmanager
+def _timed(summary: RunSummary, stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _progress(total: Optional[int], desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def preset_path_for(output: Path) -> Path:
+    """Where the resolved preset of a run writing ``output`` is saved."""
+    return output.with_name(output.stem + ".latentdub.yaml")
+
+
+class FrameSource:
+    """Serves source frames in timeline order from a streaming decoder.
+
+    Forward steps stream; a step back (loop) restarts the decoder at that
+    frame; with ``random_access`` (ping-pong) frames are kept in a disk-backed
+    memmap instead of memory.
+    """
+
+    def __init__(self, path: Path, info, random_access: bool, workdir: Path) -> None:
+        self.path, self.info = path, info
+        self._iter: Optional[Iterator[Frame]] = None
+        self._last: Optional[Frame] = None
+        self._cache: Optional[np.memmap] = None
+        self._cached = 0
+        if random_access:
+            shape = (info.n_frames + 2, info.height, info.width, 3)
+            self._cache = np.memmap(workdir / "frames.u8", dtype=np.uint8, mode="w+", shape=shape)
+
+    def _restart(self, index: int) -> None:
+        if self._iter is not None:
+            self._iter.close()  # type: ignore[attr-defined]
+        self._iter = read_frames(self.path, fps=self.info.fps, start_frame=index, info=self.info)
+        self._last = None
+
+    def get(self, index: int) -> Frame:
+        """Frame ``index`` (clamped to the last decodable frame)."""
+        if self._cache is not None and index < self._cached:
+            return Frame(index, index / self.info.fps, self._cache[index])
+        if self._last is not None and self._last.index == index:
+            return self._last
+        if self._iter is None or (self._last is not None and index < self._last.index):
+            self._restart(index if self._cache is None else self._cached)
+        assert self._iter is not None
+        for frame in self._iter:
+            if self._cache is not None and frame.index < self._cache.shape[0]:
+                self._cache[frame.index] = frame.image
+                self._cached = max(self._cached, frame.index + 1)
+            self._last = frame
+            if frame.index >= index:
+                return frame
+        if self._last is None:  # seek beyond the end: step back to the last frame
+            self._restart(max(0, index - 1))
+            return self.get(index - 1)
+        return self._last
+
+    def close(self) -> None:
+        if self._iter is not None:
+            self._iter.close()  # type: ignore[attr-defined]
+
+
+def _fit_speech(speech: Audio, seconds: float, offset: float) -> Audio:
+    """Shift speech by ``offset`` s (positive delays it) and pad/trim it to ``seconds``."""
+    sr = speech.sample_rate
+    samples = speech.samples
+    if offset > 0:
+        samples = np.concatenate([np.zeros(int(round(offset * sr)), np.float32), samples])
+    elif offset < 0:
+        samples = samples[int(round(-offset * sr)) :]
+    n = int(round(seconds * sr))
+    if len(samples) < n:
+        samples = np.concatenate([samples, np.zeros(n - len(samples), np.float32)])
+    return Audio(samples[:n].astype(np.float32), sr, speech.path)
+
+
+def _check_motion_fits(components: Components) -> tuple[Any, Any]:
+    renderer = components["renderer"]
+    motion_model = components["motion"]
+    if motion_model.kind not in renderer.motion_kinds:
+        raise PluginError(
+            f"motion plugin {components.preset.stages['motion'].plugin!r} makes {motion_model.kind!r} codes but renderer "
+            f"{components.preset.stages['renderer'].plugin!r} reads {', '.join(renderer.motion_kinds)}; pick a matching pair"
+        )
+    return renderer, motion_model
+
+
+def _landmarks(face) -> np.ndarray:
+    return face.landmarks68 if face.landmarks68 is not None else face.landmarks5
+
+
+class _Synthesiser:
+    """Renders and composites frames in batches, streaming them to a writer."""
+
+    def __init__(self, components: Components, motion: Motion, writers: list[Callable[[np.ndarray, np.ndarray], None]], summary: RunSummary) -> None:
+        from .faces import warp_to_crop
+
+        self.warp_to_crop = warp_to_crop
+        self.renderer = components["renderer"]
+        self.compositor = components["compositor"]
+        self.batch_size = int(getattr(self.renderer, "batch_size", 1) or 1)
+        self.motion = motion
+        self.writers = writers
+        self.summary = summary
+        self.pending: list[tuple[int, np.ndarray, Optional[TrackedFace]]] = []
+
+    def add(self, out_index: int, image: np.ndarray, tracked: Optional[TrackedFace]) -> None:
+        self.pending.append((out_index, image, tracked))
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        todo = [(i, p) for i, p in enumerate(self.pending) if p[2] is not None and p[2].face is not None]
+        results = {}
+        if todo:
+            crops = np.stack([self.warp_to_crop(p[1], p[2].alignment) for _, p in todo])
+            lms = np.stack([p[2].alignment.apply(_landmarks(p[2].face)) for _, p in todo])
+            frames = np.array([p[0] for _, p in todo])
+            rendered = self.renderer.render(crops, lms, self.motion, frames)
+            for (slot, p), crop in zip(todo, rendered):
+                results[slot] = self.compositor.composite(p[1], crop, p[2].alignment, _landmarks(p[2].face))
+        for slot, (_, image, _) in enumerate(self.pending):
+            out = results.get(slot, image)
+            if slot in results:
+                self.summary.frames_with_face += 1
+            else:
+                self.summary.frames_passed_through += 1
+            for write in self.writers:
+                write(image, out)
+        self.pending.clear()
+
+
+def _contact_sheet(frames: list[np.ndarray], path: Path) -> Path:
+    from PIL import Image
+
+    cols = min(4, len(frames))
+    rows = math.ceil(len(frames) / cols)
+    h, w = frames[0].shape[:2]
+    sheet = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i, f in enumerate(frames):
+        r, c = divmod(i, cols)
+        sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] = f
+    tmp = path.with_name("." + path.name + ".part")
+    Image.fromarray(sheet).save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+def _load_speech(audio: Path, sample_rate: int) -> Audio:
+    from .audio import load_audio
+
+    return load_audio(audio, sample_rate=sample_rate)
+
+
+def _prepare_run(output: Path, preset: Preset | str, overrides: Optional[list[str]]) -> tuple[Path, Preset]:
+    output = check_output_path(output)
+    if not isinstance(preset, Preset):
+        preset = resolve_preset(preset, overrides)
+    return output, preset
+
+
+def _synthesise(
+    *,
+    components: Components,
+    summary: RunSummary,
+    output: Path,
+    fps: float,
+    size: tuple[int, int],
+    n_out: int,
+    speech: Audio,
+    frame_for: Callable[[int], tuple[np.ndarray, Optional[TrackedFace]]],
+    references: tuple[np.ndarray, np.ndarray],
+    progress: bool,
+    workdir: Path,
+) -> None:
+    """Motion, render, composite and encode ``n_out`` frames into ``output``."""
+    from .audio import save_wav
+
+    preset = components.preset
+    renderer, motion_model = _check_motion_fits(components)
+    with _timed(summary, "motion"):
+        identity = renderer.prepare(*references)
+        motion = motion_model.predict(speech, fps, n_out, identity)
+        if len(motion) != n_out:
+            raise PluginError(f"motion plugin {preset.stages['motion'].plugin!r} returned {len(motion)} frames, expected {n_out}")
+    wav = save_wav(speech, workdir / "speech.wav")
+    writer = VideoWriter(output, fps, size, preset.output.crf, preset.output.x264_preset, audio=wav, audio_bitrate=preset.output.audio_bitrate)
+    opened = [writer]
+    writers: list[Callable[[np.ndarray, np.ndarray], None]] = [lambda src, out: writer.write(out)]
+    sheet_frames: list[np.ndarray] = []
+    sheet_at = set(np.linspace(0, n_out - 1, num=min(8, n_out)).round().astype(int).tolist())
+    if preset.output.preview:
+        preview_path = output.with_name(output.stem + ".preview" + output.suffix)
+        preview = VideoWriter(preview_path, fps, (size[0] * 2, size[1]), preset.output.crf, preset.output.x264_preset, audio=wav)
+        opened.append(preview)
+        writers.append(lambda src, out: preview.write(np.concatenate([src, out], axis=1)))
+    if preset.output.contact_sheet:
+        counter = iter(range(n_out))
+        writers.append(lambda src, out: sheet_frames.append(out.copy()) if next(counter) in sheet_at else None)
+    synth = _Synthesiser(components, motion, writers, summary)
+    try:
+        with _timed(summary, "render"), _progress(n_out, "render", progress) as bar:
+            for t in range(n_out):
+                image, tracked = frame_for(t)
+                synth.add(t, image, tracked)
+                bar.update(1)
+            synth.flush()
+        with _timed(summary, "encode"):
+            for w in opened:
+                w.close()
+    except BaseException:
+        for w in opened:
+            w.abort()
+        raise
+    summary.extras += [w.path for w in opened[1:]]
+    if preset.output.contact_sheet and sheet_frames:
+        summary.extras.append(_contact_sheet(sheet_frames, output.with_name(output.stem + ".contact.png")))
+
+
+def dub(
+    video: str | Path,
+    audio: str | Path,
+    output: str | Path,
+    preset: Preset | str = "preview",
+    overrides: Optional[list[str]] = None,
+    profile: Optional[Path] = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> RunSummary:
+    """Re-lip-sync ``video`` to the speech in ``audio`` and write ``output`` (mp4).
+
+    Raises :class:`BadInputError` (unusable files or settings),
+    :class:`NoFaceError` (no usable face in any frame), :class:`MissingWeightsError`
+    or :class:`PluginError`; nothing is left at ``output`` on failure.
+    """
+    from .faces import analyse_video
+    from .timing import plan_timeline
+
+    video, audio = Path(video), Path(audio)
+    output, preset = _prepare_run(Path(output), preset, overrides)
+    summary = RunSummary(output=output, preset_file=preset_path_for(output))
+    info = probe_video(video)
+    components = Components(preset, profile=profile, log=log)
+    motion_model = components["motion"]
+    with _timed(summary, "audio"):
+        speech = _load_speech(audio, int(getattr(motion_model, "sample_rate", 16000)))
+    fps = float(preset.output.fps or info.fps)
+    if abs(fps - info.fps) > 1e-6:
+        info = dataclasses.replace(info, fps=fps, n_frames=max(1, int(info.duration * fps + 0.5)))
+    detector = components["detector"]
+    with _timed(summary, "analyse"), _progress(info.n_frames, "analyse", progress) as bar:
+        track = analyse_video(_counting(read_frames(video, fps=fps, info=info), bar), detector, preset.track, n_frames_hint=info.n_frames)
+    if track.n_with_face == 0:
+        raise NoFaceError(f"{video}: no face found in any of {track.n_frames} frames; check the clip shows a frontal face, or try --set detector.plugin=mtcnn")
+    if track.n_faces_max > 1:
+        summary.notes.append(f"up to {track.n_faces_max} faces per frame; dubbing the {preset.track.select} one (track.select)")
+    info = dataclasses.replace(info, n_frames=track.n_frames)
+    timeline = plan_timeline(track.n_frames, fps, speech.duration + max(preset.timing.audio_offset, 0.0), preset.timing.length_policy)
+    speech = _fit_speech(speech, timeline.n_frames / fps, preset.timing.audio_offset)
+    summary.frames, summary.fps, summary.audio_seconds = timeline.n_frames, fps, speech.duration
+    summary.faces_max = track.n_faces_max
+    with tempfile.TemporaryDirectory(prefix="latentdub-") as tmp:
+        workdir = Path(tmp)
+        with _timed(summary, "references"):
+            references = _video_references(video, info, track, preset.track.crop_size)
+        source_index = timeline.source_index
+        random_access = bool(np.any(np.diff(source_index) == -1))  # ping-pong steps back one frame at a time
+        source = FrameSource(video, info, random_access=random_access, workdir=workdir)
+        try:
+            _synthesise(
+                components=components, summary=summary, output=output, fps=fps, size=(info.width, info.height),
+                n_out=timeline.n_frames, speech=speech,
+                frame_for=lambda t: _frame_and_face(source, track, int(source_index[t])),
+                references=references, progress=progress, workdir=workdir,
+            )
+        finally:
+            source.close()
+    preset.write(summary.preset_file)
+    return summary
+
+
+def _counting(frames: Iterator[Frame], bar) -> Iterator[Frame]:
+    for frame in frames:
+        bar.update(1)
+        yield frame
+
+
+def _frame_and_face(source: FrameSource, track, index: int) -> tuple[np.ndarray, Optional[TrackedFace]]:
+    index = min(index, track.n_frames - 1)
+    frame = source.get(index)
+    return frame.image, track.faces[min(frame.index, track.n_frames - 1)]
+
+
+def _video_references(video: Path, info, track, crop_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned crops ``[N, S, S, 3]`` and crop landmarks ``[N, P, 2]`` spread over the clip."""
+    from .faces import warp_to_crop
+
+    with_face = [t.frame_index for t in track.faces if t.face is not None]
+    picks = sorted(set(np.array(with_face)[np.linspace(0, len(with_face) - 1, num=min(N_REFERENCES, len(with_face))).round().astype(int)].tolist()))
+    crops, lms = [], []
+    reader = read_frames(video, fps=info.fps, info=info)
+    try:
+        for frame in reader:
+            if frame.index in picks:
+                tracked = track.faces[frame.index]
+                crops.append(warp_to_crop(frame.image, tracked.alignment))
+                lms.append(tracked.alignment.apply(_landmarks(tracked.face)))
+            if frame.index >= picks[-1]:
+                break
+    finally:
+        reader.close()
+    return np.stack(crops), np.stack(lms)
+
+
+def animate(
+    image: str | Path,
+    audio: str | Path,
+    output: str | Path,
+    preset: Preset | str = "preview",
+    overrides: Optional[list[str]] = None,
+    profile: Optional[Path] = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> RunSummary:
+    """Animate a single portrait ``image`` with the speech in ``audio`` (the paper's mode).
+
+    The output runs at ``output.fps`` (25 when unset) for the speech's length.
+    """
+    from .faces import track_still
+
+    image, audio = Path(image), Path(audio)
+    output, preset = _prepare_run(Path(output), preset, overrides)
+    summary = RunSummary(output=output, preset_file=preset_path_for(output))
+    picture = read_image(image)
+    components = Components(preset, profile=profile, log=log)
+    motion_model = components["motion"]
+    with _timed(summary, "audio"):
+        speech = _load_speech(audio, int(getattr(motion_model, "sample_rate", 16000)))
+    with _timed(summary, "analyse"):
+        tracked = track_still(picture, components["detector"], preset.track)
+    if tracked.face is None:
+        raise NoFaceError(f"{image}: no face found in the portrait; give a photo with a clear frontal face")
+    # yuv420p needs even sides: crop the portrait by at most one pixel
+    h, w = picture.shape[0] // 2 * 2, picture.shape[1] // 2 * 2
+    picture = np.ascontiguousarray(picture[:h, :w])
+    fps = float(preset.output.fps or 25.0)
+    n_out = max(1, int(round(speech.duration * fps)))
+    speech = _fit_speech(speech, n_out / fps, preset.timing.audio_offset)
+    summary.frames, summary.fps, summary.audio_seconds = n_out, fps, speech.duration
+    from .faces import warp_to_crop
+
+    crop = warp_to_crop(picture, tracked.alignment)
+    references = (crop[None], tracked.alignment.apply(_landmarks(tracked.face))[None])
+    with tempfile.TemporaryDirectory(prefix="latentdub-") as tmp:
+        _synthesise(
+            components=components, summary=summary, output=output, fps=fps, size=(w, h), n_out=n_out, speech=speech,
+            frame_for=lambda t: (picture, tracked), references=references, progress=progress, workdir=Path(tmp),
+        )
+    preset.write(summary.preset_file)
+    return summary
