@@ -57,8 +57,12 @@ class LazyGroup(click.Group):
             return self.commands[name]
         if name in COMMANDS:
             module, attr = COMMANDS[name].split(":")
-            return getattr(importlib.import_module(module), attr)
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except Exception as exc:  # keep --help and the other commands working
+                return _unavailable(name, exc)
         return self._plugin_commands().get(name)
+
 
     def invoke(self, ctx: click.Context):
         try:
@@ -68,6 +72,18 @@ class LazyGroup(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+
+
+def _unavailable(name: str, exc: Exception) -> click.Command:
+    reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+    @click.command(name, help=f"(unavailable: {reason})", context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args):
+        click.echo(f"error: command {name!r} is unavailable ({reason}); reinstall latentdub", err=True)
+        raise SystemExit(5)
+
+    return command
 
 
 @click.group(cls=LazyGroup, epilog=EXIT_CODE_HELP)

@@ -45,17 +45,25 @@ def _listed(keys: list[str]) -> str:
     return shown + (f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else "")
 
 
-def load_strict(module: Any, state: Mapping[str, Any], path: Path | str, what: str) -> None:
+def load_strict(module: Any, state: Mapping[str, Any], path: Path | str, what: str, assign: bool = False) -> None:
     """Load ``state`` into ``module`` requiring identical keys and shapes.
 
+    ``assign=True`` adopts the given tensors (use it for modules built on the meta device).
     Raises :class:`BadInputError` naming ``path``, ``what`` (e.g. ``"g_ema"``) and the first
     missing / unexpected / mis-shaped keys.
     """
+    import torch
+
     own = module.state_dict()
+    # files from old PyTorch versions lack BatchNorm's counter; it does not affect inference
+    state = dict(state)
+    for k in own:
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = torch.zeros((), dtype=torch.long)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = []
+    problems: list[str] = []
     if missing:
         problems.append(f"missing keys: {_listed(missing)}")
     if unexpected:
@@ -64,7 +72,7 @@ def load_strict(module: Any, state: Mapping[str, Any], path: Path | str, what: s
         problems.append(f"shape mismatch (file vs model): {_listed(shapes)}")
     if problems:
         raise BadInputError(f"{path}: {what} does not match the architecture ({'; '.join(problems)}); check the file is the right checkpoint for this model")
-    module.load_state_dict(dict(state), strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 def strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -100,5 +108,6 @@ def load_generator(path: Path | str, map_location: Any = "cpu", allow_pickle: bo
         avg = ckpt.get("latent_avg")
         if avg is not None:
             avg = avg.float().reshape(-1, avg.shape[-1])[0]
-        return gen.to(map_location), avg
+            gen.latent_avg = avg.clone()
+        return gen.to(map_location).eval(), avg
     raise BadInputError(f"{path}: unknown generator checkpoint layout (expected a rosinality dict with 'g_ema', a pSp/e4e dict with 'state_dict', .safetensors or .pkl)")

@@ -221,9 +221,15 @@ def load_fid_inception(path: Union[str, Path], device="cpu") -> FIDInceptionV3:
 
 
 def tiny_fid_inception(width: float = 1 / 16, seed: int = 0, input_size: int = 139) -> FIDInceptionV3:
-    """A randomly initialised narrow FID network (same structure) for tests and wiring checks."""
-    gen = torch.random.fork_rng()
-    with gen:
+    """A randomly initialised narrow FID network (same structure) for tests and wiring checks.
+
+    Convolutions get He-normal weights so that activations keep their scale
+    through the 17 blocks (PyTorch's default init shrinks them to ~1e-8).
+    """
+    with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = FIDInceptionV3(width=width, input_size=input_size)
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     return model.eval()

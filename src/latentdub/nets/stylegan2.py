@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Sequence
 
@@ -163,15 +164,23 @@ class ModulatedConv2d(nn.Module):
             return torch.rsqrt(s.float().square() @ wsq.t() + 1e-8)
 
     def _batched(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        out, demod = self.batched_parts(x, s)
+        return out if demod is None else out * demod.to(out.dtype)[:, :, None, None]
+
+    def batched_parts(self, x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Activation-modulated conv: ``(conv(x * s, w) [blurred], demod [B, O] float32 | None)``.
+
+        ``s [B, I]`` are the modulation outputs; the result equals :meth:`forward` once the
+        output is scaled by ``demod`` (demodulation is per sample and output channel, so it
+        commutes with the convolution and the blur).
+        """
         w = self.weight[0] * self.scale  # [O, I, k, k]
         x = x * s.to(x.dtype)[:, :, None, None]
         if self.upsample:
-            out = F.conv_transpose2d(x, w.transpose(0, 1).to(x.dtype), stride=2)
+            out = self.blur(F.conv_transpose2d(x, w.transpose(0, 1).to(x.dtype), stride=2))
         else:
             out = F.conv2d(x, w.to(x.dtype), padding=self.padding)
-        if self.demodulate:
-            out = out * self._demod(s).to(out.dtype)[:, :, None, None]
-        return self.blur(out) if self.upsample else out
+        return out, (self._demod(s) if self.demodulate else None)
 
     def _grouped(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         b, i, h, w_ = x.shape
@@ -233,7 +242,19 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_channel)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.activate(self.noise(self.conv(x, style), noise))
+        if self.conv.impl == "grouped":
+            return self.activate(self.noise(self.conv(x, style), noise))
+        # fused epilogue, same maths in one pass plus an in-place activation:
+        # sqrt2 * lrelu(raw * d + n * noise + b) == lrelu(raw * (sqrt2 d) + sqrt2 (n * noise + b))
+        raw, demod = self.conv.batched_parts(x, self.conv.modulation(style))
+        shift = self.activate.bias.view(1, -1, 1, 1)
+        if noise is not None:
+            shift = shift + self.noise.weight * noise
+        shift, gain = (shift * SQRT2).to(raw.dtype), (demod * SQRT2).to(raw.dtype)[:, :, None, None]
+        if torch.is_grad_enabled():  # autograd: no out= / in-place; raw first keeps its memory format
+            return F.leaky_relu(raw * gain + shift, 0.2)
+        out = torch.empty_like(raw)  # keeps raw's memory format (channels_last)
+        return F.leaky_relu_(torch.addcmul(shift, raw, gain, out=out), 0.2)
 
 
 class ToRGB(nn.Module):
@@ -247,9 +268,11 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
-        out = self.conv(x, style) + self.bias.to(x.dtype)
+        """Returns float32 ``[B, 3, H, W]``: the RGB sum stays in full precision under autocast."""
+        out = self.conv(x, style).float() + self.bias.float()
         if skip is not None:
-            out = out + self.upsample(skip)
+            with torch.autocast(device_type=out.device.type, enabled=False):
+                out = out + self.upsample(skip.float())
         return out
 
 
@@ -357,17 +380,17 @@ class Generator(nn.Module):
         ``input_is_latent``, per-layer ``z`` otherwise). ``truncation < 1`` pulls W towards
         ``truncation_latent`` (default :attr:`latent_avg`). ``noise`` overrides ``noise_mode``.
         """
+        if styles.shape[-1] != self.style_dim or styles.ndim not in (2, 3) or (styles.ndim == 3 and styles.shape[1] != self.n_latent):
+            raise BadInputError(f"latent shape {tuple(styles.shape)}: expected [B, {self.style_dim}] or [B, {self.n_latent}, {self.style_dim}]")
         w = styles if input_is_latent else self.mapping(styles)
+        if w.ndim == 2:
+            w = w[:, None, :].expand(-1, self.n_latent, -1)
         if truncation != 1.0:
             avg = truncation_latent if truncation_latent is not None else self.latent_avg
             if avg is None:
                 raise BadInputError("truncation needs a mean latent: pass truncation_latent or set generator.latent_avg (e.g. g.mean_latent())")
-            avg = avg.reshape(-1, self.style_dim)[0] if avg.shape[-1] == self.style_dim and avg.ndim <= 2 else avg
+            avg = avg.reshape(self.style_dim) if avg.numel() == self.style_dim else avg.reshape(self.n_latent, self.style_dim)
             w = avg + truncation * (w - avg)
-        if w.ndim == 2:
-            w = w[:, None, :].expand(-1, self.n_latent, -1)
-        if w.ndim != 3 or w.shape[1] != self.n_latent or w.shape[2] != self.style_dim:
-            raise BadInputError(f"latent shape {tuple(styles.shape)}: expected [B, {self.style_dim}] or [B, {self.n_latent}, {self.style_dim}]")
         return self.synthesize_wplus(w, noise_mode=noise_mode, noise=noise)
 
     def synthesize_wplus(self, w: torch.Tensor, noise_mode: NoiseMode = "const", noise: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
@@ -395,8 +418,8 @@ def infer_config(state: Mapping[str, Any], args: Any = None) -> dict[str, Any]:
         style_dim = int(state["style.1.weight"].shape[1])
     except KeyError as exc:
         raise BadInputError(f"not a StyleGAN2 generator state dict (no {exc.args[0]!r})") from None
-    n_mlp = sum(1 for k in state if k.startswith("style.") and k.endswith(".weight"))
-    n_up = sum(1 for k in state if k.startswith("to_rgbs.") and k.endswith(".bias"))
+    n_mlp = sum(1 for k in state if re.fullmatch(r"style\.\d+\.weight", k))
+    n_up = sum(1 for k in state if re.fullmatch(r"to_rgbs\.\d+\.bias", k))
     size = 4 * 2**n_up
     cm = 2
     if size >= 64:
@@ -416,10 +439,15 @@ def generator_from_state_dict(state: Mapping[str, Any], path: Path | str, what: 
         config = infer_config(state, args)
     except BadInputError as exc:
         raise BadInputError(f"{path}: {what}: {exc}") from None
+    return build_loaded(config, state, path, what)
+
+
+def build_loaded(config: Mapping[str, Any], state: Mapping[str, Any], path: Path | str, what: str) -> Generator:
+    """``Generator(**config)`` holding exactly the float32 tensors of ``state`` (strict; no random init)."""
     with torch.device("meta"):
-        Generator(**config)  # validates the config cheaply
-    gen = Generator(**config)
-    load_strict(gen, state, path, what)
+        gen = Generator(**config)
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    load_strict(gen, state, path, what, assign=True)
     return gen
 
 
@@ -472,8 +500,7 @@ def load_safetensors(path: Path | str, map_location: Any = "cpu") -> tuple[Gener
     if meta.get("format") != FORMAT:
         raise BadInputError(f"{path}: safetensors metadata lacks format={FORMAT!r}; write it with save_safetensors")
     avg = tensors.pop("latent_avg", None)
-    gen = Generator(**json.loads(meta["config"]))
-    load_strict(gen, tensors, path, "generator")
+    gen = build_loaded(json.loads(meta["config"]), tensors, path, "generator")
     if avg is not None:
         gen.latent_avg = avg.clone()
     return gen.to(map_location).eval(), avg

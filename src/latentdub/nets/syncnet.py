@@ -96,8 +96,17 @@ def load_syncnet(path: Union[str, Path], device="cpu") -> SyncNet:
 
 
 def tiny_syncnet(width: float = 1 / 16, embed_dim: int = 32, seed: int = 0) -> SyncNet:
-    """A randomly initialised narrow SyncNet (same structure) for tests and wiring checks."""
+    """A randomly initialised narrow SyncNet (same structure) for tests and wiring checks.
+
+    Convolutions get He-normal weights, scaled so 0-255 pixels and raw MFCCs
+    give activations of order one.
+    """
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = SyncNet(embed_dim=embed_dim, width=width)
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        model.netcnnlip[0].weight.data /= 128.0
+        model.netcnnaud[0].weight.data /= 10.0
     return model.eval()

@@ -2,8 +2,9 @@
 
 Registers the audio feature extractor ``mfcc``. Speech is resampled to
 ``sample_rate``; librosa computes ``n_mfcc + 1`` MFCCs every ``hop_ms``
-(``win_ms`` Hann window, ``n_mels`` mel bands, log power floored 80 dB below
-the loudest band) and c0 (overall level) is dropped. Video frame ``t`` is at
+(``win_ms`` Hann window, ``n_mels`` mel bands, log power floored at the
+fixed level :data:`LOG_FLOOR`, so a frame's features depend only on the audio
+in its window) and c0 (overall level) is dropped. Video frame ``t`` is at
 ``t / fps`` seconds (the convention of :mod:`latentdub.toolkit.timing`); its
 window holds the ``window`` MFCC frames whose centres are
 ``(c - window // 2 + k) * hop`` for ``k = 0 .. window-1``, with ``c`` the
@@ -22,6 +23,10 @@ import numpy as np
 from latentdub.toolkit.errors import BadInputError
 from latentdub.toolkit.hookspecs import hookimpl
 from latentdub.toolkit.types import Audio
+
+#: Floor of the mel power before the log (librosa's power scale, where a
+#: full-scale 1 kHz tone peaks at about +22 dB): -60 dB, ~80 dB below full scale.
+LOG_FLOOR = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +83,12 @@ class MfccFeatures:
         import librosa
 
         n_fft = 1 << max(int(np.ceil(np.log2(self.win))), 1)
-        feats = librosa.feature.mfcc(
-            y=np.asarray(samples, np.float32), sr=self.sample_rate, n_mfcc=self.config.n_mfcc + 1,
-            n_fft=n_fft, win_length=self.win, hop_length=self.hop, n_mels=self.config.n_mels, center=True,
+        mel = librosa.feature.melspectrogram(
+            y=np.asarray(samples, np.float32), sr=self.sample_rate, n_fft=n_fft, win_length=self.win,
+            hop_length=self.hop, n_mels=self.config.n_mels, center=True,
         )
+        log_mel = librosa.power_to_db(mel, amin=LOG_FLOOR, top_db=None)
+        feats = librosa.feature.mfcc(S=log_mel, n_mfcc=self.config.n_mfcc + 1)
         return feats[1:].T.astype(np.float32)
 
     def compute(self, audio: Audio, fps: float, n_frames: int) -> np.ndarray:

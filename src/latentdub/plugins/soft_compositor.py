@@ -103,8 +103,9 @@ def _match_colour(warped: np.ndarray, base: np.ndarray, alpha: np.ndarray, mode:
         ref = cv2.cvtColor(base * np.float32(1 / 255), cv2.COLOR_RGB2Lab)
     else:
         src, ref = warped, base
-    s_mean, s_std = src[ring].mean(0), src[ring].std(0)
-    r_mean, r_std = ref[ring].mean(0), ref[ring].std(0)
+    s_ring, r_ring = src[ring], ref[ring]
+    s_mean, s_std = s_ring.mean(0), s_ring.std(0)
+    r_mean, r_std = r_ring.mean(0), r_ring.std(0)
     gain = np.clip(r_std / np.maximum(s_std, 1e-3), 0.5, 2.0).astype(np.float32)
     matched = (src - s_mean) * gain + r_mean
     if mode == "lab":

@@ -13,8 +13,10 @@ dominance functions (Cohen and Massaro 1993 style): a target weighs
 the targets. Bilabials have a high dominance so P/B/M closures still close
 the lips, tongue consonants borrow the opening of their vowels. Frame ``t``
 is sampled at ``t / fps - latency_ms / 1000`` s (the timing convention of
-:mod:`latentdub.toolkit.timing`). The ``energy`` fallback maps the
-300-3000 Hz RMS envelope to opening only.
+:mod:`latentdub.toolkit.timing`). Recognised phones during which the
+300-3000 Hz band stays under the noise gate become silence. The ``energy``
+fallback maps that band's level (noise gate -> 0, loud speech -> 0.25) to the
+opening only; width and protrusion stay 0.
 """
 
 from __future__ import annotations
@@ -30,12 +32,23 @@ from latentdub.toolkit.hookspecs import hookimpl
 from latentdub.toolkit.types import Audio, Motion
 
 
+#: Targets farther than this many ``tau`` from a frame are ignored (weight < exp(-25)).
+REACH = 5.0
+#: Hop of the speech-band envelope, seconds.
+ENVELOPE_HOP = 0.01
+#: Noise gate above the clip's noise floor, dB.
+NOISE_MARGIN_DB = 6.0
+#: Speech band below this level (dBFS) is silence whatever the clip.
+ABSOLUTE_GATE_DB = -90.0
+
+
 @dataclasses.dataclass(frozen=True)
 class VisemeConfig:
     """Settings of the viseme motion model.
 
-    ``method``: ``auto`` (align when a transcript is given, else recognise;
-    falls back to ``energy`` when pocketsphinx finds no speech), ``align``,
+    ``method``: ``auto`` (align when a transcript is given, else recognise,
+    or when the transcript cannot be aligned; ``energy`` when pocketsphinx
+    finds no speech; the reason lands in ``Motion.extra["fallback"]``), ``align``,
     ``recognize`` or ``energy``; ``transcript``: the spoken words;
     ``transcript_file``: UTF-8 text file with them (used when ``transcript``
     is None); ``smoothing_ms``: coarticulation reach of each target, ms;
@@ -65,6 +78,8 @@ class VisemeMotion:
     """Speech to mouth shapes; ``predict`` returns :class:`Motion` kind ``mouth``."""
 
     kind = "mouth"
+    #: Rate speech is analysed at, Hz (other rates are resampled).
+    sample_rate = 16000
 
     def __init__(self, config: VisemeConfig = VisemeConfig()) -> None:
         if config.smoothing_ms <= 0:
@@ -75,9 +90,9 @@ class VisemeMotion:
         self.transcript = self._read_transcript(config)
         if config.method == "align" and self.transcript is None:
             raise BadInputError("motion.method: 'align' needs motion.transcript or motion.transcript_file; set one or use method: recognize")
-        from latentdub.toolkit.phonemes import PhoneDecoder
+        from latentdub.toolkit.phonemes import shared_decoder
 
-        self.decoder = PhoneDecoder()
+        self.decoder = shared_decoder()
 
     @staticmethod
     def _read_transcript(config: VisemeConfig) -> Optional[str]:
@@ -91,32 +106,35 @@ class VisemeMotion:
         except (OSError, UnicodeDecodeError) as exc:
             raise BadInputError(f"{path}: cannot read transcript_file ({exc.__class__.__name__}); give a UTF-8 text file") from None
 
-    def phones(self, audio: Audio) -> tuple[list[Any], str]:
-        """Phone segments of ``audio`` and the method that produced them (``energy``: none)."""
+    def phones(self, audio: Audio) -> tuple[list[Any], str, Optional[str]]:
+        """Phone segments of ``audio``, the method that produced them (``energy``: none),
+        and why ``auto`` fell back from its first choice (else None)."""
         method = self.config.method
-        where = str(self.config.transcript_file) if self.config.transcript is None and self.config.transcript_file else "motion.transcript"
-        if method == "energy":
-            return [], "energy"
+        if method == "energy" or len(audio.samples) == 0:
+            return [], "energy", None
+        fallback = None
         if method == "align" or (method == "auto" and self.transcript is not None):
+            where = "motion.transcript" if self.config.transcript is not None else str(self.config.transcript_file)
             try:
-                return self.decoder.align(audio, self.transcript or "", where=where), "align"
-            except BadInputError:
+                return self.decoder.align(audio, self.transcript or "", where=where), "align", None
+            except BadInputError as exc:
                 if method == "align":
                     raise
-        segments = self.decoder.recognize(audio)
+                fallback = str(exc)
+        segments = gate_silence(self.decoder.recognize(audio), audio)
         if method == "recognize" or any(s.phone != "SIL" for s in segments):
-            return segments, "recognize"
-        return [], "energy"
+            return segments, "recognize", fallback
+        return [], "energy", fallback or "phone recognition found no speech"
 
     def predict(self, audio: Audio, fps: float, n_frames: int, identity: Optional[Any] = None) -> Motion:
         """Mouth codes float32 ``[n_frames, 3]`` for frames at ``t / fps`` s; ``identity`` is unused."""
         if not fps > 0 or n_frames < 0:
             raise BadInputError(f"motion: need fps > 0 and n_frames >= 0, got fps={fps}, n_frames={n_frames}")
-        from latentdub.toolkit.audio import SPEECH_RATE, resample
+        from latentdub.toolkit.audio import resample
 
-        audio = resample(audio, SPEECH_RATE)
+        audio = resample(audio, self.sample_rate)
         times = np.arange(n_frames, dtype=np.float64) / fps - self.config.latency_ms / 1000.0
-        segments, method = self.phones(audio)
+        segments, method, fallback = self.phones(audio)
         if method == "energy":
             codes = np.zeros((n_frames, 3), np.float32)
             codes[:, 0] = energy_opening(audio, times, self.config.smoothing_ms)
@@ -127,54 +145,76 @@ class VisemeMotion:
             kind="mouth",
             codes=codes.astype(np.float32),
             fps=float(fps),
-            extra={"phones": [s.to_dict() for s in segments], "method": method},
+            extra={"phones": [s.to_dict() for s in segments], "method": method, "fallback": fallback},
         )
 
 
-def blend_visemes(segments: list[Any], times: np.ndarray, smoothing_ms: float) -> np.ndarray:
+def blend_visemes(segments: list[Any], times: np.ndarray, smoothing_ms: float, chunk: int = 64) -> np.ndarray:
     """Coarticulated mouth shapes float32 ``[len(times), 3]`` from phone segments (times in s).
 
     Before the first and after the last segment the mouth is closed (silence).
+    Frames are blended ``chunk`` at a time from the targets within reach
+    (``REACH * tau``), so memory stays flat for long speech.
     """
     from latentdub.toolkit.phonemes import VISEME_SHAPES, phone_targets
 
     targets = [t for s in segments for t in phone_targets(s.phone, s.start, s.end)]
     end = max((s.end for s in segments), default=0.0)
-    targets = [(-1e9, 0.0, "SIL"), *targets, (end, 1e9, "SIL")]
-    starts = np.array([t[0] for t in targets])[:, None]
-    ends = np.array([t[1] for t in targets])[:, None]
+    targets = [(-np.inf, 0.0, "SIL"), *sorted(targets), (end, np.inf, "SIL")]
+    starts = np.array([t[0] for t in targets])
+    ends = np.array([t[1] for t in targets])
+    reach_end = np.maximum.accumulate(ends)  # targets are sorted by start; spans may nest
     shapes = np.array([VISEME_SHAPES[t[2]] for t in targets])  # [K, 4]
     tau = smoothing_ms / 1000.0
-    t = np.asarray(times, np.float64)[None, :]
-    dist = np.maximum(np.maximum(starts - t, t - ends), 0.0)  # [K, F] seconds outside each span
-    weight = shapes[:, 3:4] * np.exp(-((dist / tau) ** 2))
-    weight = weight / np.maximum(weight.sum(0, keepdims=True), 1e-12)
-    return (weight.T @ shapes[:, :3]).astype(np.float32)
+    times = np.asarray(times, np.float64)
+    out = np.zeros((len(times), 3), np.float32)
+    for a in range(0, len(times), chunk):
+        t = times[a:a + chunk]
+        lo = int(np.searchsorted(reach_end, t.min() - REACH * tau)) if len(t) else 0
+        hi = int(np.searchsorted(starts, t.max() + REACH * tau, side="right")) if len(t) else 0
+        dist = np.maximum(np.maximum(starts[lo:hi, None] - t[None], t[None] - ends[lo:hi, None]), 0.0)
+        weight = shapes[lo:hi, 3:4] * np.exp(-((dist / tau) ** 2))  # [k, frames]
+        weight /= np.maximum(weight.sum(0, keepdims=True), 1e-30)
+        out[a:a + chunk] = weight.T @ shapes[lo:hi, :3]
+    return out
+
+
+def speech_levels(envelope: np.ndarray) -> np.ndarray:
+    """Speech level 0..1 per envelope value (dBFS): 0 at the noise gate, 1 at the clip's loud speech.
+
+    Loud speech is the 95th percentile of the clip; the gate sits
+    :data:`NOISE_MARGIN_DB` above its noise floor (10th percentile) and never
+    below :data:`ABSOLUTE_GATE_DB`, so digital silence reads 0.
+    """
+    hi = float(np.percentile(envelope, 95))
+    lo = max(float(np.percentile(envelope, 10)) + NOISE_MARGIN_DB, ABSOLUTE_GATE_DB)
+    if hi <= lo:
+        return np.zeros_like(envelope)
+    return np.clip((envelope - lo) / (hi - lo), 0.0, 1.0)
+
+
+def gate_silence(segments: list[Any], audio: Audio) -> list[Any]:
+    """Relabel as ``SIL`` recognised phones during which the speech band stays below the noise gate."""
+    from latentdub.toolkit.audio import speech_envelope
+
+    level = speech_levels(speech_envelope(audio))
+    out = []
+    for seg in segments:
+        a = int(seg.start / ENVELOPE_HOP)
+        b = max(int(np.ceil(seg.end / ENVELOPE_HOP)), a + 1)
+        if seg.phone != "SIL" and not level[a:b].any():
+            seg = dataclasses.replace(seg, phone="SIL")
+        out.append(seg)
+    return out
 
 
 def energy_opening(audio: Audio, times: np.ndarray, smoothing_ms: float, peak_opening: float = 0.25) -> np.ndarray:
-    """Opening float32 ``[len(times)]`` from the 300-3000 Hz RMS envelope (10 ms hop, 25 ms window).
-
-    Level in dB is mapped linearly from the clip's noise floor (10th
-    percentile) to its loud speech (95th percentile) onto 0..``peak_opening``.
-    """
+    """Opening float32 ``[len(times)]`` from the 300-3000 Hz level (:func:`speech_levels`) scaled to ``peak_opening``."""
     from scipy.ndimage import gaussian_filter1d
-    from scipy.signal import butter, sosfiltfilt
 
-    sr = audio.sample_rate
-    x = audio.samples.astype(np.float64)
-    if len(x) > 27:
-        x = sosfiltfilt(butter(4, [300, min(3000, sr / 2 * 0.95)], btype="band", fs=sr, output="sos"), x)
-    hop, win = int(0.01 * sr), int(0.025 * sr)
-    pad = np.pad(x, (win // 2, win))
-    n = max(len(x) // hop + 1, 1)
-    idx = np.arange(n)[:, None] * hop + np.arange(win)[None, :]
-    rms = np.sqrt((pad[np.minimum(idx, len(pad) - 1)] ** 2).mean(1))
-    db = 20 * np.log10(rms + 1e-6)
-    lo, hi = np.percentile(db, 10), np.percentile(db, 95)
-    level = np.clip((db - lo) / max(hi - lo, 6.0), 0.0, 1.0)
-    if hi < -60:  # digital silence
-        level[:] = 0.0
-    level = gaussian_filter1d(level, smoothing_ms / 10.0 / 2.0, mode="nearest")
-    env_t = np.arange(n) * 0.01
+    from latentdub.toolkit.audio import speech_envelope
+
+    level = speech_levels(speech_envelope(audio, hop=ENVELOPE_HOP))
+    level = gaussian_filter1d(level, smoothing_ms / 1000.0 / ENVELOPE_HOP / 2.0, mode="nearest")
+    env_t = np.arange(len(level)) * ENVELOPE_HOP
     return (peak_opening * np.interp(times, env_t, level, left=0.0, right=0.0)).astype(np.float32)

@@ -78,7 +78,7 @@ def save_wav(audio: Audio, path: str | Path) -> Path:
     pcm = _to_pcm16(audio.samples)
     tmp = path.with_name(path.name + ".part")
     try:
-        with wave.open(str(tmp), "wb") as out:
+        with open(tmp, "wb") as fh, wave.open(fh, "wb") as out:
             out.setnchannels(1)
             out.setsampwidth(2)
             out.setframerate(int(audio.sample_rate))
@@ -108,6 +108,25 @@ def resample(audio: Audio, sample_rate: int) -> Audio:
     return Audio(np.clip(out, -1, 1).astype(np.float32), int(sample_rate), audio.path)
 
 
+def speech_envelope(audio: Audio, hop: float = 0.01, window: float = 0.025, band: tuple[float, float] = (300.0, 3000.0)) -> np.ndarray:
+    """Level of the speech band in dBFS, float64 ``[n]``: value ``j`` is the RMS of
+    ``band``-passed audio over ``window`` seconds centred at ``j * hop`` s
+    (``n = floor(duration / hop) + 1``; digital silence reads -120 dB)."""
+    from scipy.signal import butter, sosfiltfilt
+
+    sr = audio.sample_rate
+    x = audio.samples.astype(np.float64)
+    high = min(band[1], 0.45 * sr)
+    if len(x) > 27 and band[0] < high:
+        x = sosfiltfilt(butter(4, [band[0], high], btype="band", fs=sr, output="sos"), x)
+    step, win = max(int(round(hop * sr)), 1), max(int(round(window * sr)), 1)
+    n = len(x) // step + 1
+    power = np.concatenate([[0.0], np.cumsum(np.pad(x, (win // 2, win)) ** 2)])
+    starts = np.arange(n) * step
+    mean_power = (power[starts + win] - power[starts]) / win
+    return 10 * np.log10(mean_power + 1e-12)
+
+
 def fit_duration(audio: Audio, duration: float, offset: float = 0.0) -> Audio:
     """``audio`` shifted by ``offset`` seconds and cut or padded with silence to exactly ``duration`` s.
 
@@ -133,9 +152,10 @@ def write_pcm_for_mux(audio: Audio, path: str | Path, duration: Optional[float] 
 
 
 def _pydub() -> Any:
-    """pydub's AudioSegment class, pointed at the bundled ffmpeg (silencing its probe warning)."""
+    """pydub's AudioSegment class, pointed at the bundled ffmpeg (silencing its import-time warnings)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # pydub imports audioop
         from pydub import AudioSegment
     AudioSegment.converter = ffmpeg_exe()
     return AudioSegment

@@ -51,6 +51,8 @@ INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))
 _FIVE_FROM_68 = np.stack([TEMPLATE_68[36:42].mean(0), TEMPLATE_68[42:48].mean(0), TEMPLATE_68[30], TEMPLATE_68[48], TEMPLATE_68[54]])
 
 Region = Literal["mouth", "lower_face", "face"]
+#: Vertical supersampling of polygon rasterisation.
+_ROW_SUPERSAMPLING = 4
 
 
 def _as_points(landmarks: np.ndarray) -> np.ndarray:
@@ -150,12 +152,18 @@ def grown_hull(points: np.ndarray, radius: float) -> np.ndarray:
 def fill_polygon(polygon: np.ndarray, shape: tuple[int, int], origin: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """Anti-aliased coverage float32 ``[h, w]`` in [0, 1] of ``polygon`` (px) in an image whose top-left pixel sits at ``origin``.
 
-    Vertices keep 1/16 px precision, so the coverage varies smoothly with sub-pixel motion.
+    Vertices keep 1/16 px precision and rows are rasterised 4 times
+    supersampled (OpenCV's anti-aliasing only smooths along rows), so the
+    coverage follows sub-pixel motion in both directions.
     """
-    canvas = np.zeros(shape, np.uint8)
-    fixed = np.round((np.asarray(polygon, np.float64) - np.asarray(origin, np.float64)) * 16).astype(np.int32)
-    cv2.fillPoly(canvas, [fixed], 255, lineType=cv2.LINE_AA, shift=4)
-    return canvas.astype(np.float32) * np.float32(1 / 255)
+    h, w = shape
+    canvas = np.zeros((h * _ROW_SUPERSAMPLING, w), np.uint8)
+    pts = np.asarray(polygon, np.float64) - np.asarray(origin, np.float64)
+    # pixel centres at integers: row r of the supersampled canvas covers y = (r + 0.5) / k - 0.5
+    pts = np.stack([pts[:, 0], (pts[:, 1] + 0.5) * _ROW_SUPERSAMPLING - 0.5], axis=1)
+    cv2.fillPoly(canvas, [np.round(pts * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
+    coverage = canvas.reshape(h, _ROW_SUPERSAMPLING, w).mean(axis=1, dtype=np.float32)
+    return coverage * np.float32(1 / 255)
 
 
 def gaussian_feather(mask: np.ndarray, sigma: float) -> np.ndarray:

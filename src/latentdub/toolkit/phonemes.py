@@ -193,6 +193,7 @@ class PhoneDecoder:
         pcm = _pcm16(audio)
         with self._lock:
             dec = self._get_aligner()
+            dec.reinit_feat()  # feature state leaks between utterances otherwise
             try:
                 dec.set_align_text(" ".join(words))
                 dec.start_utt()
@@ -227,6 +228,7 @@ class PhoneDecoder:
         pcm = _pcm16(audio)
         with self._lock:
             dec = self._get_recognizer()
+            dec.reinit_feat()
             dec.start_utt()
             dec.process_raw(pcm, full_utt=True)
             dec.end_utt()
@@ -235,3 +237,16 @@ class PhoneDecoder:
                 for seg in dec.seg()
             ]
         return out
+
+
+_shared_lock = threading.Lock()
+_shared: Optional[PhoneDecoder] = None
+
+
+def shared_decoder() -> PhoneDecoder:
+    """The process-wide :class:`PhoneDecoder` (its pocketsphinx models load once, on first use)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = PhoneDecoder()
+        return _shared

@@ -133,20 +133,6 @@ class FrameSource:
             self._iter.close()  # type: ignore[attr-defined]
 
 
-def _fit_speech(speech: Audio, seconds: float, offset: float) -> Audio:
-    """Shift speech by ``offset`` s (positive delays it) and pad/trim it to ``seconds``."""
-    sr = speech.sample_rate
-    samples = speech.samples
-    if offset > 0:
-        samples = np.concatenate([np.zeros(int(round(offset * sr)), np.float32), samples])
-    elif offset < 0:
-        samples = samples[int(round(-offset * sr)) :]
-    n = int(round(seconds * sr))
-    if len(samples) < n:
-        samples = np.concatenate([samples, np.zeros(n - len(samples), np.float32)])
-    return Audio(samples[:n].astype(np.float32), sr, speech.path)
-
-
 def _check_motion_fits(components: Components) -> tuple[Any, Any]:
     renderer = components["renderer"]
     motion_model = components["motion"]
@@ -309,7 +295,7 @@ def dub(
     or :class:`PluginError`; nothing is left at ``output`` on failure.
     """
     from .faces import analyse_video
-    from .timing import plan_timeline
+    from .timing import is_monotonic, plan_timeline, timeline_audio
 
     video, audio = Path(video), Path(audio)
     output, preset = _prepare_run(Path(output), preset, overrides)
@@ -330,8 +316,8 @@ def dub(
     if track.n_faces_max > 1:
         summary.notes.append(f"up to {track.n_faces_max} faces per frame; dubbing the {preset.track.select} one (track.select)")
     info = dataclasses.replace(info, n_frames=track.n_frames)
-    timeline = plan_timeline(track.n_frames, fps, speech.duration + max(preset.timing.audio_offset, 0.0), preset.timing.length_policy)
-    speech = _fit_speech(speech, timeline.n_frames / fps, preset.timing.audio_offset)
+    timeline = plan_timeline(track.n_frames, fps, speech.duration, preset.timing.length_policy, audio_offset=preset.timing.audio_offset)
+    speech = timeline_audio(speech, timeline)
     summary.frames, summary.fps, summary.audio_seconds = timeline.n_frames, fps, speech.duration
     summary.faces_max = track.n_faces_max
     with tempfile.TemporaryDirectory(prefix="latentdub-") as tmp:
@@ -339,7 +325,8 @@ def dub(
         with _timed(summary, "references"):
             references = _video_references(video, info, track, preset.track.crop_size)
         source_index = timeline.source_index
-        random_access = bool(np.any(np.diff(source_index) == -1))  # ping-pong steps back one frame at a time
+        # ping-pong steps back one frame at a time: serve it from a disk cache
+        random_access = timeline.policy == "pingpong" and not is_monotonic(timeline)
         source = FrameSource(video, info, random_access=random_access, workdir=workdir)
         try:
             _synthesise(
@@ -401,7 +388,9 @@ def animate(
 
     The output runs at ``output.fps`` (25 when unset) for the speech's length.
     """
+    from .audio import fit_duration
     from .faces import track_still
+    from .timing import n_frames_for
 
     image, audio = Path(image), Path(audio)
     output, preset = _prepare_run(Path(output), preset, overrides)
@@ -419,8 +408,8 @@ def animate(
     h, w = picture.shape[0] // 2 * 2, picture.shape[1] // 2 * 2
     picture = np.ascontiguousarray(picture[:h, :w])
     fps = float(preset.output.fps or 25.0)
-    n_out = max(1, int(round(speech.duration * fps)))
-    speech = _fit_speech(speech, n_out / fps, preset.timing.audio_offset)
+    n_out = n_frames_for(speech.duration + preset.timing.audio_offset, fps)
+    speech = fit_duration(speech, n_out / fps, preset.timing.audio_offset)
     summary.frames, summary.fps, summary.audio_seconds = n_out, fps, speech.duration
     from .faces import warp_to_crop
 

@@ -1,0 +1,210 @@
+"""Generator plugin ``stylegan2``: the paper's frozen StyleGAN2 G, loaded from official checkpoints.
+
+Also registers the public weights of the paper's neural stack (rosinality-converted
+FFHQ StyleGAN2, pSp, e4e, the IR-SE50 backbone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Optional
+
+from latentdub.toolkit.hookspecs import hookimpl
+from latentdub.toolkit.weights import WeightSpec
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleGAN2Config:
+    """Settings of the StyleGAN2 generator.
+
+    ``checkpoint``: registered weight name or file path (rosinality ``.pt``, pSp/e4e ``.pt``
+    (its decoder), our ``.safetensors``; NVIDIA ``.pkl`` only with ``allow_pickle: true``,
+    since unpickling can run code). ``random_init: true`` ignores the checkpoint and builds a
+    random generator seeded by the preset seed from ``size`` (px), ``channel_multiplier``,
+    ``channel_max``, ``style_dim`` and ``n_mlp``; these architecture fields apply to random
+    init only (files carry their own) and default to the tiny test network (official:
+    1024, 2, 512, 512, 8). ``truncation``: psi in (0, 1] towards the mean W (1 disables).
+    ``precision``: autocast dtype. ``channels_last``: NHWC feature maps (faster on GPUs).
+    ``batch_size``: latents per forward pass. ``modconv``: modulated-conv path (same maths).
+    ``resize_to``: area-downsample outputs to this side in px (pSp's 256 px face pool);
+    None keeps ``size``. ``compile``: wrap inference in ``torch.compile`` (slow first call).
+    """
+
+    checkpoint: Optional[str] = "stylegan2-ffhq-config-f"
+    random_init: bool = False
+    size: int = 64
+    channel_multiplier: int = 2
+    channel_max: int = 32
+    style_dim: int = 512
+    n_mlp: int = 2
+    truncation: float = 1.0
+    precision: Precision = "fp32"
+    channels_last: bool = False
+    batch_size: int = 8
+    modconv: Literal["batched", "grouped"] = "batched"
+    resize_to: Optional[int] = None
+    allow_pickle: bool = False
+    compile: bool = False
+
+
+@hookimpl
+def register_generators(register):
+    register("stylegan2", build_stylegan2, config=StyleGAN2Config, summary="StyleGAN2 (rosinality/pSp/NVIDIA checkpoints or tiny random), W+ -> image")
+
+
+#: Public Google Drive files linked from the pSp / e4e READMEs. Drive may answer large files
+#: with a confirmation page; then download by hand and put the file in ``LATENTDUB_WEIGHTS_DIR``.
+_DRIVE = "https://drive.google.com/uc?export=download&id="
+
+#: Public weights of the paper's stack (checksums unknown here: not checked).
+WEIGHTS = (
+    WeightSpec(
+        name="stylegan2-ffhq-config-f",
+        filename="stylegan2-ffhq-config-f.pt",
+        url=_DRIVE + "1EM87UquaoQmk17Q8d5kYIAHqu0dkYqdT",
+        sha256="",
+        size=0,
+        licence="NVIDIA Source Code License-NC (non-commercial; weights converted from NVIDIA StyleGAN2)",
+        description="StyleGAN2 FFHQ 1024 px config-f, rosinality stylegan2-pytorch layout (g_ema, latent_avg)",
+    ),
+    WeightSpec(
+        name="psp_ffhq_encode",
+        filename="psp_ffhq_encode.pt",
+        url=_DRIVE + "1bMTNWkh5LArlaWSc_wa8VKyq2V42T2z0",
+        sha256="",
+        size=0,
+        licence="MIT (code); decoder weights derived from NVIDIA StyleGAN2 (non-commercial)",
+        description="pSp FFHQ inversion encoder (IR-SE50 GradualStyleEncoder, 18 styles) with its 1024 px decoder",
+    ),
+    WeightSpec(
+        name="e4e_ffhq_encode",
+        filename="e4e_ffhq_encode.pt",
+        url=_DRIVE + "1cUv_reLE6k3604or78EranS7XzuVMWeO",
+        sha256="",
+        size=0,
+        licence="MIT (code); decoder weights derived from NVIDIA StyleGAN2 (non-commercial)",
+        description="e4e FFHQ encoder (Encoder4Editing, IR-SE50) with its 1024 px decoder",
+    ),
+    WeightSpec(
+        name="model_ir_se50",
+        filename="model_ir_se50.pth",
+        url=_DRIVE + "1KW7bjndL3QG3sxBbZxreGHigcCCpsDgn",
+        sha256="",
+        size=0,
+        licence="MIT (InsightFace_Pytorch); trained on MS-Celeb-1M (research use)",
+        description="ArcFace IR-SE50 backbone used to initialise pSp/e4e encoders and for identity loss",
+    ),
+)
+
+
+@hookimpl
+def register_weights(register):
+    for spec in WEIGHTS:
+        register(spec)
+
+
+def build_stylegan2(config: StyleGAN2Config, context) -> "StyleGAN2Generator":
+    """Load (or randomly initialise) the generator on ``context.device``."""
+    import torch
+
+    from latentdub.nets.checkpoints import load_generator
+    from latentdub.nets.stylegan2 import Generator
+    from latentdub.toolkit.errors import ConfigError
+
+    if not 0.0 < config.truncation <= 1.0:
+        raise ConfigError(f"generator.truncation: {config.truncation} must be in (0, 1]")
+    if config.batch_size < 1:
+        raise ConfigError(f"generator.batch_size: {config.batch_size} must be >= 1")
+    if config.resize_to is not None and config.resize_to < 1:
+        raise ConfigError(f"generator.resize_to: {config.resize_to} must be a positive size in px")
+    if config.random_init:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context.seed)
+            gen = Generator(config.size, config.style_dim, config.n_mlp, config.channel_multiplier, channel_max=config.channel_max)
+        latent_avg = gen.mean_latent(4096, seed=context.seed)[0]
+    elif config.checkpoint:
+        gen, latent_avg = load_generator(context.weights(config.checkpoint), map_location="cpu", allow_pickle=config.allow_pickle)
+    else:
+        raise ConfigError("generator.checkpoint: none given; name a weight file or set generator.random_init=true for a random (test) generator")
+    if latent_avg is not None:
+        gen.latent_avg = latent_avg.float()
+    return StyleGAN2Generator(gen, config, context.device)
+
+
+class StyleGAN2Generator:
+    """Implements :class:`~latentdub.toolkit.protocols.Generator` around :class:`latentdub.nets.stylegan2.Generator`.
+
+    ``module`` is the trainable network (PTI tunes it in place); ``synthesize`` keeps gradients,
+    so wrap calls in ``torch.no_grad()`` for inference.
+    """
+
+    def __init__(self, module: Any, config: StyleGAN2Config, device: Any) -> None:
+        import torch
+
+        self.config = config
+        self.device = torch.device(device)
+        self.module = module.set_modconv(config.modconv).to(self.device).eval().requires_grad_(False)
+        if config.channels_last:
+            module.memory_format = torch.channels_last
+        self.size = config.resize_to or module.size
+        self.n_styles = module.n_latent
+        self.style_dim = module.style_dim
+        self._fingerprint = weights_fingerprint(module)
+        self._run = torch.compile(module) if config.compile else module
+
+    @property
+    def latent_avg(self) -> Any:
+        """Mean W ``[style_dim]`` (float32, on the device) or None."""
+        return self.module.latent_avg
+
+    def autocast(self) -> Any:
+        """Autocast context for the configured precision (a no-op for fp32)."""
+        import torch
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
+        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def synthesize(self, w: Any) -> Any:
+        """W+ ``[B, n_styles, D]`` (or W ``[B, D]``) -> float32 images ``[B, 3, size, size]`` in [-1, 1], const noise.
+
+        Rendered ``batch_size`` latents at a time under the configured precision; clamped to [-1, 1].
+        """
+        import torch
+
+        w = torch.as_tensor(w, dtype=torch.float32, device=self.device)
+        if w.ndim == 2:
+            w = w[:, None, :].expand(-1, self.n_styles, -1)
+        if w.ndim != 3 or w.shape[1:] != (self.n_styles, self.style_dim):
+            from latentdub.toolkit.errors import BadInputError
+
+            raise BadInputError(f"latents of shape {tuple(w.shape)}: generator expects [B, {self.n_styles}, {self.style_dim}]")
+        out = []
+        with self.autocast():
+            for chunk in w.split(self.config.batch_size):
+                out.append(self._run(chunk, input_is_latent=True, noise_mode="const", truncation=self.config.truncation).float())
+        images = torch.cat(out)
+        if self.size != self.module.size:
+            images = torch.nn.functional.interpolate(images, size=(self.size, self.size), mode="area")
+        return images.clamp(-1.0, 1.0)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the base weights as loaded (architecture config + float32 tensors in key order)."""
+        return self._fingerprint
+
+
+def weights_fingerprint(module: Any) -> str:
+    """SHA-256 over ``module.config()`` JSON and each state-dict entry (name, shape, float32 bytes)."""
+    import hashlib
+    import json
+
+    import torch
+
+    h = hashlib.sha256(json.dumps(module.config(), sort_keys=True).encode())
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            t = tensor.detach().to("cpu", torch.float32).contiguous()
+            h.update(f"{name}:{tuple(t.shape)};".encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,161 @@
+"""Stage 2 from a file: an image or a video of one person -> an identity profile.
+
+An image gives one aligned crop (the preset's detector and target
+selection); a video is analysed like ``dub`` does (detect, track, smooth),
+``finetuner.keyframes`` frames covering its mouth shapes and poses are
+chosen (:func:`latentdub.plugins.pti.select_keyframes`) and only those
+frames are decoded again. Crops are aligned straight at the generator's
+resolution (FFHQ alignment from the tracked 5 points), then handed to the
+preset's finetuner, which writes the profile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .build import Components
+from .errors import ConfigError, NoFaceError, OutputError
+from .presets import Preset, resolve_preset
+
+
+@dataclasses.dataclass
+class TuneSummary:
+    """What a ``tune`` run produced: the profile, the frames used and the tuning statistics."""
+
+    profile: Path
+    source: Path
+    preset_file: Path
+    keyframes: list[int]
+    n_frames: int
+    seconds: float
+    stats: Optional[Any] = None
+
+    def lines(self) -> list[str]:
+        """Human-readable summary lines for the CLI."""
+        out = [f"wrote {self.profile} (tuned on {len(self.keyframes)} of {self.n_frames} frame(s) of {self.source}: {self.keyframes})"]
+        if self.stats is not None:
+            s = self.stats
+            out.append(f"LPIPS {s.lpips_before:.4f} -> {s.lpips_after:.4f}, L2 {s.l2_before:.4f} -> {s.l2_after:.4f}, {s.updates} update(s){' (early stop)' if s.early_stop else ''}")
+        out.append(f"time: {self.seconds:.1f} s; resolved preset: {self.preset_file}")
+        return out
+
+
+def _check_profile_path(out: Path) -> Path:
+    out = Path(out).expanduser()
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise OutputError(f"{out}: is a folder; give a profile file name such as {out / 'person.profile'}")
+    if not parent.is_dir():
+        raise OutputError(f"{out}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{out}: folder {parent} is not writable; choose another output path")
+    return out
+
+
+def _finetuner(components: Components) -> Any:
+    """The preset's finetuner, else ``pti`` with its defaults."""
+    if components.has("finetuner"):
+        return components["finetuner"]
+    from .plugins import get_component
+
+    component = get_component("finetuner", "pti")
+    return component.factory(component.config(), components.context)
+
+
+def _image_crops(source: Path, components: Components, size: int) -> tuple[np.ndarray, list[int], int]:
+    from .faces import ffhq_alignment, track_still, warp_to_crop
+    from .video import read_image
+
+    picture = read_image(source)
+    tracked = track_still(picture, components["detector"], components.preset.track)
+    if tracked.face is None:
+        raise NoFaceError(f"{source}: no face found in the image; give a photo with a clear frontal face, or try --set detector.plugin=mtcnn")
+    crop = warp_to_crop(picture, ffhq_alignment(tracked.face.landmarks5, size))
+    return crop[None], [0], 1
+
+
+def _video_crops(source: Path, components: Components, size: int, k: int, progress: bool) -> tuple[np.ndarray, list[int], int]:
+    from tqdm import tqdm
+
+    from latentdub.plugins.pti import select_keyframes
+
+    from .faces import analyse_video, ffhq_alignment, warp_to_crop
+    from .video import probe_video, read_frames
+
+    info = probe_video(source)
+    with tqdm(total=info.n_frames, desc="analyse", unit="frame", disable=not progress, leave=False, dynamic_ncols=True) as bar:
+        track = analyse_video(
+            read_frames(source, fps=info.fps, info=info), components["detector"], components.preset.track,
+            n_frames_hint=info.n_frames, progress=lambda done, total: bar.update(done - bar.n),
+        )
+    if track.n_with_face == 0:
+        raise NoFaceError(f"{source}: no face found in any of {track.n_frames} frames; check the clip shows a frontal face, or try --set detector.plugin=mtcnn")
+    picks = select_keyframes(track, k)
+    crops: dict[int, np.ndarray] = {}
+    reader = read_frames(source, fps=info.fps, info=info)
+    try:
+        for frame in reader:
+            if frame.index in picks:
+                crops[frame.index] = warp_to_crop(frame.image, ffhq_alignment(track.landmarks5[frame.index], size))
+            if frame.index >= picks[-1]:
+                break
+    finally:
+        reader.close()
+    picks = [i for i in picks if i in crops]
+    return np.stack([crops[i] for i in picks]), picks, track.n_frames
+
+
+def tune(
+    source: str | Path,
+    out: str | Path,
+    preset: Preset | str = "paper-1024",
+    overrides: Optional[list[str]] = None,
+    log: Callable[[str], None] = print,
+    progress: bool = False,
+) -> TuneSummary:
+    """Tune the preset's generator to the person in ``source`` (image or video); write the profile ``out``.
+
+    The resolved preset is written beside the profile
+    (``NAME.latentdub.yaml``). Raises :class:`NoFaceError` when no face is
+    found, :class:`ConfigError` for presets without a generator,
+    :class:`BadInputError` for unreadable inputs; nothing is left at ``out``
+    on failure.
+    """
+    from .pipeline import preset_path_for
+    from .video import IMAGE_SUFFIXES
+
+    start = time.perf_counter()
+    source = Path(source)
+    out = _check_profile_path(Path(out))
+    if not isinstance(preset, Preset):
+        preset = resolve_preset(preset, overrides)
+    components = Components(preset, log=log)
+    if not components.has("generator"):
+        raise ConfigError(f"preset {preset.name!r} has no generator stage; `tune` needs a neural preset (paper-256, paper-1024, or tiny for a smoke test)")
+    finetuner = _finetuner(components)
+    generator = components["generator"]
+    if source.suffix.lower() in IMAGE_SUFFIXES:
+        crops, picks, n_frames = _image_crops(source, components, generator.size)
+    else:
+        k = int(getattr(finetuner, "keyframes", 8))
+        crops, picks, n_frames = _video_crops(source, components, generator.size, k, progress)
+    encoder = components["encoder"] if components.has("encoder") and getattr(finetuner, "needs_encoder", True) else None
+    accepted = inspect.signature(finetuner.tune).parameters
+    extra: dict[str, Any] = {}
+    if "meta" in accepted:
+        extra["meta"] = {"source": str(source.resolve()), "keyframes": picks, "source_frames": n_frames, "preset": preset.name}
+    if "progress" in accepted:
+        extra["progress"] = progress
+    profile = Path(finetuner.tune(generator, encoder, crops, out, **extra))
+    preset_file = preset.write(preset_path_for(profile))
+    return TuneSummary(
+        profile=profile, source=source, preset_file=preset_file, keyframes=picks, n_frames=n_frames,
+        seconds=time.perf_counter() - start, stats=getattr(finetuner, "last_stats", None),
+    )

@@ -1,0 +1,100 @@
+"""End-to-end dubbing on real GRID clips through the real detector and ffmpeg."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from latentdub.cli import cli
+from latentdub.toolkit.audio import load_audio
+from latentdub.toolkit.video import probe_video, read_frames
+
+from . import media
+
+pytestmark = pytest.mark.slow
+
+
+def dub_cli(*args):
+    return CliRunner().invoke(cli, ["dub", *map(str, args), "--quiet"])
+
+
+@pytest.fixture(scope="module")
+def pair(grid_clips):
+    """Clip A (footage) and clip B (speech) from two different GRID speakers."""
+    return grid_clips[0], grid_clips[3]
+
+
+@pytest.mark.parametrize("policy", ["trim", "pad"])
+def test_tiny_dub_end_to_end(pair, tmp_path, policy):
+    video, speech = pair
+    out = tmp_path / f"dub-{policy}.mp4"
+    result = dub_cli(video, speech, "-o", out, "--preset", "tiny", "--set", f"timing.length_policy={policy}")
+    assert result.exit_code == 0, result.output
+    info, src = probe_video(out), probe_video(video)
+    assert info.has_audio and info.fps == pytest.approx(src.fps)
+    speech_seconds = load_audio(speech).duration
+    expected = speech_seconds if policy == "trim" else src.duration
+    assert info.duration == pytest.approx(expected, abs=0.1)
+    frames = sum(1 for _ in read_frames(out))
+    assert abs(frames - round(expected * src.fps)) <= 1
+    # the resolved preset is written beside the output and reproduces the run's settings
+    saved = yaml.safe_load((tmp_path / f"dub-{policy}.latentdub.yaml").read_text())
+    assert saved["timing"]["length_policy"] == policy and saved["renderer"]["plugin"] == "neural"
+
+
+def test_tiny_dub_changes_only_the_face(pair, tmp_path):
+    video, speech = pair
+    out = tmp_path / "dub.mp4"
+    assert dub_cli(video, speech, "-o", out, "--preset", "tiny", "--set", "output.crf=0").exit_code == 0
+    original = next(read_frames(video)).image.astype(np.int16)
+    dubbed = next(read_frames(out)).image.astype(np.int16)
+    diff = np.abs(original - dubbed).max(axis=2)
+    changed = diff > 12  # beyond yuv420p rounding
+    assert changed.any(), "nothing was composited"
+    ys, xs = np.nonzero(changed)
+    h, w = diff.shape
+    # all substantial changes sit inside the face region, not at the frame borders
+    assert xs.min() > w * 0.15 and xs.max() < w * 0.85 and ys.min() > h * 0.15
+
+
+@pytest.mark.parametrize("policy, factor", [("loop", 2.0), ("pingpong", 2.0), ("hold", 2.0)])
+def test_length_policies_follow_long_speech(pair, tmp_path, policy, factor):
+    video, speech = pair
+    long_speech = media.looped(speech, tmp_path / "long.mp4", 2)
+    out = tmp_path / "out.mp4"
+    result = dub_cli(video, long_speech, "-o", out, "--preset", "preview", "--set", f"timing.length_policy={policy}")
+    assert result.exit_code == 0, result.output
+    assert probe_video(out).duration == pytest.approx(load_audio(long_speech).duration, abs=0.12)
+
+
+def test_animate_portrait(portrait, grid_clips, tmp_path):
+    out = tmp_path / "talk.mp4"
+    result = CliRunner().invoke(cli, ["animate", str(portrait), str(grid_clips[1]), "-o", str(out), "--preset", "tiny", "--quiet"])
+    assert result.exit_code == 0, result.output
+    info = probe_video(out)
+    assert info.has_audio and info.fps == 25 and (info.width, info.height) == (512, 512)
+    assert info.duration == pytest.approx(load_audio(grid_clips[1]).duration, abs=0.1)
+
+
+def test_preview_and_contact_sheet(pair, tmp_path):
+    video, speech = pair
+    out = tmp_path / "o.mp4"
+    result = dub_cli(video, speech, "-o", out, "--preset", "preview", "--set", "output.preview=true", "--set", "output.contact_sheet=true")
+    assert result.exit_code == 0, result.output
+    side = probe_video(tmp_path / "o.preview.mp4")
+    assert side.width == 2 * probe_video(video).width
+    assert (tmp_path / "o.contact.png").stat().st_size > 10_000
+
+
+def test_python_api(pair, tmp_path):
+    import latentdub
+
+    video, speech = pair
+    summary = latentdub.dub(video, speech, tmp_path / "api.mp4", preset="preview", log=lambda m: None)
+    assert summary.frames == summary.frames_with_face + summary.frames_passed_through
+    assert summary.frames_with_face >= 0.95 * summary.frames
+    assert {"analyse", "motion", "render", "encode"} <= set(summary.stage_seconds)
