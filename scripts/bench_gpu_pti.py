@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = VARIANTS + ([Variant("bf16+compile", "bf16", "batched", True, True, compile=True)] if args.compile else [])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     lines = [
-        f"PTI tuning, {args.size} px StyleGAN2 (channel_max {args.channel_max}), batch 1, LPIPS vgg at 256 px (random trunk); "
+        f"PTI tuning, {args.size} px StyleGAN2 (channel_max {args.channel_max}), batch 1, LPIPS vgg at {min(args.size, 256)} px (random trunk); "
         f"{name}, torch {torch.__version__}",
         "",
         "| variant | locality | ms/update | s per 350 updates | vs 33 ms anchor | peak GiB |",

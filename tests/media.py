@@ -18,8 +18,11 @@ def ffmpeg(*args: str) -> None:
 
 
 def looped(clip: Path, out: Path, times: int) -> Path:
-    """``clip`` repeated ``times`` times (video and audio), H.264/AAC."""
-    ffmpeg("-stream_loop", str(times - 1), "-i", str(clip), "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-c:a", "aac", str(out))
+    """``clip`` repeated ``times`` times (video and audio), H.264/AAC at the clip's constant rate."""
+    from latentdub.toolkit.video import probe_video
+
+    rate = str(probe_video(clip).fps)
+    ffmpeg("-stream_loop", str(times - 1), "-i", str(clip), "-fps_mode", "cfr", "-r", rate, "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-c:a", "aac", str(out))
     return out
 
 
@@ -64,7 +67,7 @@ def empty_wav(out: Path) -> Path:
 
 def faceless(out: Path, seconds: float = 2.0) -> Path:
     """A clip of drifting colour noise with a tone: no face anywhere."""
-    ffmpeg("-f", "lavfi", "-i", f"cellauto=s=320x240:rate=25:d={seconds}", "-f", "lavfi", "-i", f"sine=frequency=300:duration={seconds}",
+    ffmpeg("-f", "lavfi", "-t", str(seconds), "-i", "cellauto=s=320x240:rate=25", "-f", "lavfi", "-i", f"sine=frequency=300:duration={seconds}",
            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(out))
     return out
 

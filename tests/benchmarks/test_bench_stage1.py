@@ -57,7 +57,7 @@ def _stepper(model: Audio2Latent, sampler: ClipSampler, objective: Objective):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -116,7 +116,7 @@ def test_bench_motion_plugin_with_mfcc(benchmark, grid_clips):
 
 @cuda
 def test_bench_cuda_paper_training_step(benchmark, tmp_path):
-    """One bf16 step at paper size: 16 x 32 frames, LPIPS (VGG, 256 px) on 4 frames per sequence of a 1024 px StyleGAN2."""
+    """One step at paper size with the default TrainConfig: 16 x 32 frames, LPIPS (VGG, 256 px) on 1 frame per sequence of a 1024 px StyleGAN2."""
     from latentdub.nets.stylegan2 import Generator
     from latentdub.plugins.stylegan2 import StyleGAN2Config, StyleGAN2Generator
     from latentdub.toolkit.perceptual import build_lpips

@@ -30,7 +30,7 @@ def _report(summary, quiet: bool) -> None:
 @click.command("dub")
 @click.argument("video", type=existing_file)
 @click.argument("audio", type=existing_file)
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output video (.mp4).")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Output video (.mp4).")
 @click.option("--profile", type=click.Path(path_type=Path), default=None, help="Identity profile from `latentdub tune`.")
 @click.option("--transcript", default=None, help="Text (or a text file) of the speech; improves the preview backend's timing.")
 @preset_options
@@ -49,7 +49,7 @@ def dub_command(video, audio, output, profile, transcript, preset, overrides, de
 @click.command("animate")
 @click.argument("image", type=existing_file)
 @click.argument("audio", type=existing_file)
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output video (.mp4).")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Output video (.mp4).")
 @click.option("--profile", type=click.Path(path_type=Path), default=None, help="Identity profile from `latentdub tune`.")
 @click.option("--transcript", default=None, help="Text (or a text file) of the speech.")
 @preset_options

@@ -64,8 +64,8 @@ class PtiConfig:
     """
 
     pivots: Literal["encoder", "optimise_w", "optimise_wplus"] = "encoder"
-    pivot_steps: int = 500
-    pivot_lr: float = 0.01
+    pivot_steps: int = 450
+    pivot_lr: float = 0.005
     noise_reg: float = 1e5
     steps: int = 350
     lr: float = 3e-4
@@ -113,7 +113,7 @@ def register_weights(register):
 
 
 def build_pti(config: PtiConfig, context: Any) -> "PtiFinetuner":
-    """Factory: validates ``config``; networks and LPIPS are built when :meth:`PtiFinetuner.tune` runs."""
+    """Factory: validates ``config`` and checks the LPIPS backbone is on disk; networks are built when :meth:`PtiFinetuner.tune` runs."""
     from latentdub.toolkit.errors import ConfigError
 
     positive = {"steps": config.steps, "batch_size": config.batch_size, "keyframes": config.keyframes, "locality_every": config.locality_every, "lpips_size": config.lpips_size}
@@ -126,6 +126,13 @@ def build_pti(config: PtiConfig, context: Any) -> "PtiFinetuner":
         raise ConfigError("finetuner.lr / finetuner.pivot_lr: learning rates must be > 0")
     if not 0.0 < config.locality_truncation <= 1.0:
         raise ConfigError(f"finetuner.locality_truncation: {config.locality_truncation} must be in (0, 1]")
+    if not config.lpips_random_backbone:  # fail before any work when the LPIPS backbone is missing
+        from latentdub.toolkit.perceptual import find_backbone
+
+        if config.lpips_weights is not None:
+            context.weights(config.lpips_weights)
+        else:
+            find_backbone(config.lpips_net)
     return PtiFinetuner(config, seed=context.seed if config.seed is None else config.seed, log=context.log)
 
 
@@ -300,7 +307,7 @@ def crops_to_tensor(crops: np.ndarray, size: int, device: Any) -> Any:
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    x = torch.tensor(np.asarray(crops), device=device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x.contiguous()

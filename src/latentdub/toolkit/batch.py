@@ -69,9 +69,9 @@ class Clip:
     profile: Optional[Path] = None
     problem: Optional[str] = None
 
-    def key(self, preset: str, overrides: tuple[str, ...]) -> str:
-        """Fingerprint of what this clip's output depends on (inputs, settings, identity)."""
-        data = [str(self.video), str(self.audio), str(self.output), preset, list(overrides), self.identity, str(self.profile or "")]
+    def key(self, settings: str) -> str:
+        """Fingerprint of what this clip's output depends on: its paths, identity and the resolved preset's YAML ``settings``."""
+        data = [str(self.video), str(self.audio), str(self.output), self.identity, str(self.profile or ""), settings]
         return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
 
@@ -129,7 +129,6 @@ class _Places:
     """Resolves manifest paths and checks they stay inside the allowed folders."""
 
     def __init__(self, folder: Path, roots: Iterable[Path]) -> None:
-        self.folder = folder
         self.roots = [folder.resolve(), *(r.resolve() for r in roots)]
 
     def path(self, raw: str, base: Path) -> tuple[Path, Optional[str]]:
@@ -369,7 +368,6 @@ class _History:
     """What the journal says about one clip or profile."""
 
     last: Optional[dict[str, Any]] = None
-    last_done: Optional[dict[str, Any]] = None
     attempts: int = 0
 
 
@@ -381,8 +379,6 @@ def _histories(records: list[dict[str, Any]], kind: str) -> dict[str, _History]:
         h = out[str(r["id"])]
         h.last = r
         h.attempts = max(h.attempts, int(r.get("attempt") or 0))
-        if r.get("status") == "done":
-            h.last_done = r
     return out
 
 
@@ -391,9 +387,7 @@ def _finished(history: Optional[_History], key: str, output: Path) -> Optional[d
     if history is None or history.last is None or history.last.get("status") != "done":
         return None
     done = history.last
-    if done.get("key") != key or Path(str(done.get("output"))) != output:
-        return None
-    return done if _verified(output, done.get("size"), done.get("sha256")) else None
+    return done if done.get("key") == key and _verified(output, done.get("size"), done.get("sha256")) else None
 
 
 # --------------------------------------------------------------------------- tasks
@@ -448,17 +442,14 @@ def execute(task: Task, log: Optional[Callable[[str], None]] = None) -> TaskResu
     log = log or _worker_log(task)
     try:
         if task.kind == "clip":
-            if task.fn is None:
-                from .pipeline import dub as fn
-            else:
-                fn = task.fn
-            fn(task.video, task.audio, task.output, preset=task.preset, overrides=list(task.overrides), profile=task.profile, progress=task.progress, log=log)
+            from .pipeline import dub
+
+            (task.fn or dub)(task.video, task.audio, task.output, preset=task.preset, overrides=list(task.overrides),
+                             profile=task.profile, progress=task.progress, log=log)
         else:
-            if task.fn is None:
-                from .tuning import tune as fn
-            else:
-                fn = task.fn
-            fn(task.source, task.output, preset=task.preset, overrides=list(task.overrides), log=log, progress=task.progress)
+            from .tuning import tune
+
+            (task.fn or tune)(task.source, task.output, preset=task.preset, overrides=list(task.overrides), log=log, progress=task.progress)
         if not task.output.is_file():
             raise RuntimeError(f"{task.output} was not written")
         size, sha = file_digest(task.output)
@@ -729,6 +720,12 @@ class _Job:
     profile_id: Optional[str] = None
 
 
+def _remove_partial(output: Path) -> None:
+    """Delete encoder temp files (``.STEM.*.part.SUFFIX``, see VideoWriter) an interrupted run left beside ``output``."""
+    for stale in output.parent.glob(f".{output.stem}.*.part{output.suffix}"):
+        stale.unlink(missing_ok=True)
+
+
 def _profile_fingerprint(resolved) -> str:
     data = resolved.to_dict()
     return hashlib.sha256(json.dumps({k: data.get(k) for k in PROFILE_STAGES}, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -801,13 +798,11 @@ class _BatchRun:
         self.waiting: dict[str, list[_Job]] = collections.defaultdict(list)  # profile id -> clips that need it
         self.cached_profiles: set[str] = set()  # profile ids finished and verified in earlier runs
         self.resolved: dict[tuple[str, tuple[str, ...]], Any] = {}
-        manifest.outputs.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(manifest.journal)
         records = self.journal.records()
         self.clip_history = _histories(records, "clip")
         self.profile_history = _histories(records, "profile")
         self.run_id = uuid.uuid4().hex[:8]
-        self.journal.append(kind="run", id=self.run_id, manifest=str(manifest.path.resolve()), executor=executor, workers=workers, retries=retries)
 
     # ---- planning
 
@@ -829,7 +824,9 @@ class _BatchRun:
                     self.resolved[(name, extra)] = resolve_preset(name, list(extra))
                 except LatentdubError as exc:
                     raise BadInputError(f"{m.path}: {clip.where}: {exc}") from None
-            jobs.append(_Job(clip, name, extra, clip.key(name, extra), attempt=0))
+            jobs.append(_Job(clip, name, extra, clip.key(self.resolved[(name, extra)].to_yaml()), attempt=0))
+        m.outputs.mkdir(parents=True, exist_ok=True)  # nothing is written before the whole manifest validated
+        self.journal.append(kind="run", id=self.run_id, manifest=str(m.path.resolve()), executor=self.executor, workers=self.workers, retries=self.retries)
         for job in jobs:
             self._plan_clip(job)
         skipped = sum(r.status == "skipped" for r in self.results.values())
@@ -863,6 +860,7 @@ class _BatchRun:
             self.log(f"{job.clip.id}: interrupted in an earlier run; redoing it")
         elif last == "done":
             self.log(f"{job.clip.id}: output or settings changed since it was made; redoing it")
+        _remove_partial(job.clip.output)
         job.profile = job.clip.profile
         self.todo.append(job)
 

@@ -130,14 +130,6 @@ def warp_to_frame(crop: np.ndarray, alignment: Alignment, frame_shape: Sequence[
 # --------------------------------------------------------------------------- measures
 
 
-def mouth_opening(landmarks68: np.ndarray) -> float:
-    """Inner-lip gap (mean distance of points 61/62/63 to 67/66/65) over the inter-ocular distance."""
-    pts = np.asarray(landmarks68, np.float64)
-    gap = np.linalg.norm(pts[[61, 62, 63]] - pts[[67, 66, 65]], axis=1).mean()
-    ocular = np.linalg.norm(pts[42:48].mean(0) - pts[36:42].mean(0))
-    return float(gap / max(ocular, 1e-6))
-
-
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two (x0, y0, x1, y1) boxes."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))

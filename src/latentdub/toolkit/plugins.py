@@ -87,6 +87,7 @@ class _State:
         self.failed: list[FailedPlugin] = []  # import failures
         self.register_failed: list[FailedPlugin] = []  # failures while registering components
         self.components: Optional[dict[str, dict[str, Component]]] = None
+        self.versions: dict[str, str] = {}  # entry-point plugin name -> "dist version"
 
 
 _state = _State()
@@ -127,6 +128,8 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             continue
         if pm.has_plugin(ep.name):
             continue
+        if ep.dist is not None:
+            _state.versions[ep.name] = f"{ep.dist.name} {ep.dist.version}"
         try:
             pm.register(ep.load(), name=ep.name)
         except Exception as exc:
@@ -204,24 +207,13 @@ def plugin_report() -> list[dict[str, Any]]:
     """One row per loaded plugin: name, version, hooks it implements; failures included."""
     pm = get_plugin_manager()
     components()
-    dists = {}
-    for dist, plugin_names in _dist_plugins(pm).items():
-        for name in plugin_names:
-            dists[name] = dist
     rows = []
     for name, plugin in pm.list_name_plugin():
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-        rows.append({"name": name, "hooks": hooks, "version": dists.get(name, ""), "status": "ok"})
+        rows.append({"name": name, "hooks": hooks, "version": _state.versions.get(name, ""), "status": "ok"})
     for failed in failed_plugins():
         rows.append({"name": failed.name, "hooks": [], "version": "", "status": f"failed: {failed.error}"})
     return rows
-
-
-def _dist_plugins(pm: pluggy.PluginManager) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for plugin, dist in pm.list_plugin_distinfo():
-        out.setdefault(f"{dist.project_name} {dist.version}", []).append(pm.get_name(plugin) or "")
-    return out
 
 
 def reset() -> None:
@@ -231,5 +223,6 @@ def reset() -> None:
         _state.failed = []
         _state.register_failed = []
         _state.components = None
+        _state.versions = {}
         for mod in [m for m in sys.modules if m.startswith("latentdub_test_plugin")]:
             del sys.modules[mod]

@@ -72,7 +72,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     latent_weight: float = 1.0
     lpips_weight: float = 10.0
-    lpips_frames: int = 4
+    lpips_frames: int = 1
     lpips_size: int = 256
     lpips_net: Literal["vgg", "alex"] = "vgg"
     lpips_weights: Optional[str] = None
