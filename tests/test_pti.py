@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -150,8 +152,6 @@ def test_keyframes_cover_mouth_shapes(grid_track):
     assert min(opening[i] for i in picks) <= np.percentile(values, 25)
     assert max(opening[i] for i in picks) >= np.percentile(values, 90)
     # five-point detectors: width and pose only, still spread out
-    import dataclasses
-
     sparse = dataclasses.replace(grid_track, landmarks68=None)
     assert keyframe_features(sparse)[1].shape[1] == 3
     widths = dict(zip(*[a.tolist() for a in (frames, keyframe_features(sparse)[1][:, 0])]))

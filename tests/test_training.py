@@ -71,6 +71,9 @@ def test_checkpoint_reloads_to_identical_predictions(trained):
 
     feats = torch.from_numpy(Components(resolve_preset(trained["preset"]))["audio_features"].compute(audio, 25.0, 40))
     np.testing.assert_array_equal(predict_windows(model, feats, torch.from_numpy(identity), 50, 10, 8).numpy(), a.codes)
+    log: list[str] = []
+    Components(resolve_preset(trained["preset"], [f"motion.checkpoint={final}", "audio_features.n_mels=48"]), log=log.append)["motion"]
+    assert any("trained with audio_features" in line and "'n_mels': 40" in line for line in log)
 
 
 def test_resume_continues_as_if_never_stopped(trained, tmp_path):

@@ -126,6 +126,11 @@ class Audio2LatentMotion:
         self.info: dict[str, Any] = {}
         if config.checkpoint is not None:
             self.load(context.weights(str(config.checkpoint)))
+            trained = (self.info.get("audio_features") or {}).copy()
+            trained.pop("plugin", None)
+            current = dataclasses.asdict(features.config) if dataclasses.is_dataclass(getattr(features, "config", None)) else trained
+            if trained and trained != current:
+                context.log(f"warning: motion.checkpoint was trained with audio_features {trained}, the preset uses {current}")
 
     def load(self, path: Any) -> None:
         """Load a checkpoint written by ``latentdub train``."""

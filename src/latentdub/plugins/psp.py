@@ -80,15 +80,48 @@ def _build(config: PspConfig, context, encoder_type: str) -> "PspEncoder":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(context.seed + 1)
             encoder = build_encoder(encoder_type, n_styles=2 * log2 - 2, style_dim=config.style_dim, **shape)
-            # small random heads, so codes stay near the mean latent like a trained encoder's
-            for style in encoder.styles:
-                torch.nn.init.normal_(style.linear.weight, std=0.1)
+            _calibrate(encoder, config.input_size)
         model = PspModel(encoder, None, _generator_mean(context, config.style_dim), {"encoder_type": encoder_type, "output_size": config.output_size, "start_from_latent_avg": True})
     elif config.checkpoint:
         model = load_psp_checkpoint(context.weights(config.checkpoint), with_decoder=False)
     else:
         raise ConfigError("encoder.checkpoint: none given; name a pSp/e4e weight file or set encoder.random_init=true")
     return PspEncoder(model, config, context.device)
+
+
+#: Spread (std over images) of each random style head's codes after calibration, in W units.
+RANDOM_CODE_STD = 0.2
+
+
+def _calibrate(encoder: Any, size: int) -> None:
+    """Data-dependent init of a random encoder from noise images ``[8, 3, size, size]``.
+
+    With untouched BatchNorm statistics the activations of a random IR-SE
+    stack fade to ~1e-6 and every image gets the same code. One pass in train
+    mode sets the statistics; each style head is then scaled so its codes
+    spread by :data:`RANDOM_CODE_STD` across images, as a trained encoder's
+    codes vary around the mean latent.
+    """
+    import torch
+
+    images = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batch
+    for style in encoder.styles:  # variance-preserving heads, so little scaling is left to do below
+        for module in style.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, a=0.01, nonlinearity="leaky_relu")
+    encoder.train()
+    with torch.no_grad():
+        encoder(images)
+        encoder.eval()
+        for i, style in enumerate(encoder.styles):  # in order: e4e's codes build on style 0
+            code = encoder(images)[:, i]  # [8, D]
+            style.linear.weight.mul_(RANDOM_CODE_STD / code.std(dim=0).mean().clamp_min(1e-12))
+            code = encoder(images)[:, i]
+            style.linear.bias.sub_(code.mean(dim=0) / style.linear.lr_mul)
 
 
 def _generator_mean(context, style_dim: int) -> Any:

@@ -171,9 +171,9 @@ def keyframe_features(track: Any) -> tuple[np.ndarray, np.ndarray]:
     width = np.linalg.norm(mouth_r - mouth_l, axis=1) / ocular
     columns = [width, yaw, pitch]
     if track.landmarks68 is not None:
-        lm68 = np.asarray(track.landmarks68, np.float64)[frames]
-        gap = np.linalg.norm(lm68[:, [61, 62, 63]] - lm68[:, [67, 66, 65]], axis=2).mean(1)
-        columns.insert(0, gap / ocular)
+        from latentdub.toolkit.masks import mouth_opening
+
+        columns.insert(0, np.array([mouth_opening(track.landmarks68[i]) for i in frames]))
     return frames.astype(np.int64), np.stack(columns, axis=1)
 
 

@@ -130,7 +130,12 @@ def build_stylegan2(config: StyleGAN2Config, context) -> "StyleGAN2Generator":
         raise ConfigError("generator.checkpoint: none given; name a weight file or set generator.random_init=true for a random (test) generator")
     if latent_avg is not None:
         gen.latent_avg = latent_avg.float()
-    return StyleGAN2Generator(gen, config, context.device)
+    generator = StyleGAN2Generator(gen, config, context.device)
+    if context.profile is not None:
+        from latentdub.toolkit.profiles import apply_profile
+
+        apply_profile(generator, context.profile)
+    return generator
 
 
 class StyleGAN2Generator:

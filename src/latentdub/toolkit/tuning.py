@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .build import Components
-from .errors import ConfigError, NoFaceError, OutputError
+from .errors import BadInputError, ConfigError, NoFaceError, OutputError
 from .presets import Preset, resolve_preset
 
 
@@ -133,6 +133,8 @@ def tune(
 
     start = time.perf_counter()
     source = Path(source)
+    if not source.is_file():
+        raise BadInputError(f"{source}: file not found; give an image or a video of the person to tune on")
     out = _check_profile_path(Path(out))
     if not isinstance(preset, Preset):
         preset = resolve_preset(preset, overrides)
@@ -141,12 +143,15 @@ def tune(
         raise ConfigError(f"preset {preset.name!r} has no generator stage; `tune` needs a neural preset (paper-256, paper-1024, or tiny for a smoke test)")
     finetuner = _finetuner(components)
     generator = components["generator"]
+    needs_encoder = bool(getattr(finetuner, "needs_encoder", True))
+    if needs_encoder and not components.has("encoder"):
+        raise ConfigError(f"preset {preset.name!r} has no encoder stage for the finetuner's pivots; add `encoder: {{plugin: psp}}` or --set finetuner.pivots=optimise_wplus")
+    encoder = components["encoder"] if needs_encoder else None
     if source.suffix.lower() in IMAGE_SUFFIXES:
         crops, picks, n_frames = _image_crops(source, components, generator.size)
     else:
         k = int(getattr(finetuner, "keyframes", 8))
         crops, picks, n_frames = _video_crops(source, components, generator.size, k, progress)
-    encoder = components["encoder"] if components.has("encoder") and getattr(finetuner, "needs_encoder", True) else None
     accepted = inspect.signature(finetuner.tune).parameters
     extra: dict[str, Any] = {}
     if "meta" in accepted:

@@ -166,6 +166,12 @@ def check_output_path(path: str | Path) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class VideoWriter:
     """Encode RGB frames to H.264 and mux an optional audio file, atomically.
 
@@ -236,6 +242,7 @@ class VideoWriter:
             self._fail()
         if self._proc.stderr:
             self._proc.stderr.close()
+        os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes files owner-only
         os.replace(self.tmp, self.path)
         return self.path
 
