@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from latentdub.toolkit import faces as F
+from latentdub.toolkit.masks import mouth_opening
 from latentdub.toolkit.errors import BadInputError, NoFaceError
 from latentdub.toolkit.presets import TrackConfig
 from latentdub.toolkit.types import Face, Frame
@@ -137,9 +138,9 @@ def test_mouth_opening_definition_and_range_on_speech(clip0, dlib_detector):
     pts[42:48] = [50, 0]
     pts[[61, 62, 63], 1] = 40
     pts[[65, 66, 67], 1] = 45
-    assert F.mouth_opening(pts) == pytest.approx(0.1)
+    assert mouth_opening(pts) == pytest.approx(0.1)
     track = F.analyse_video(_frames(clip0), dlib_detector, TrackConfig(smoothing=0))
-    openings = np.array([F.mouth_opening(p) for p in track.landmarks68])
+    openings = np.array([mouth_opening(p) for p in track.landmarks68])
     assert openings.min() < 0.05, "the speaker's lips close between words"
     assert openings.max() > 0.1, "and open while speaking"
 
@@ -238,8 +239,8 @@ def test_smoothing_reduces_landmark_and_crop_jitter(clip0, dlib_detector):
     # smoothing keeps the landmarks where they were (no drift), within a pixel or two
     assert np.abs(smooth.landmarks5 - raw.landmarks5).mean() < 1.0
     # mouth points are smoothed over at most ±2 frames, so speech motion survives
-    open_raw = [F.mouth_opening(p) for p in raw.landmarks68]
-    open_smooth = [F.mouth_opening(p) for p in smooth.landmarks68]
+    open_raw = [mouth_opening(p) for p in raw.landmarks68]
+    open_smooth = [mouth_opening(p) for p in smooth.landmarks68]
     assert np.corrcoef(open_raw, open_smooth)[0, 1] > 0.95
     assert np.ptp(open_smooth) > 0.7 * np.ptp(open_raw)
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from latentdub.nets.checkpoints import load_generator
 from latentdub.nets.nvidia_pkl import convert_nvidia_state_dict, generator_from_nvidia, load_nvidia_pkl
-from latentdub.nets.stylegan2 import Generator, ModulatedConv2d, Upsample, load_rosinality_checkpoint, load_safetensors, save_safetensors
+from latentdub.nets.stylegan2 import (Generator, ModulatedConv2d, Upsample, compiled_synthesis, load_rosinality_checkpoint, load_safetensors,
+                                      save_safetensors, upfirdn2d)
 from latentdub.toolkit.context import BuildContext
 from latentdub.toolkit.errors import BadInputError, ConfigError, MissingWeightsError
 
@@ -130,13 +131,58 @@ def test_noise_modes_and_determinism():
         g.synthesize_wplus(w, noise_mode="loud")
 
 
-def test_grouped_and_batched_modconv_agree():
-    g = tiny_generator()
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("impl", ["batched", "fused_up"])
+def test_fast_modconv_paths_match_grouped_reference(impl, channels_last):
+    g = tiny_generator().train()
     w = torch.randn(3, g.n_latent, 64)
+    noise = g.make_noise("random", 3)
     with torch.no_grad():
-        batched = g.set_modconv("batched").synthesize_wplus(w)
-        grouped = g.set_modconv("grouped").synthesize_wplus(w)
-    assert torch.allclose(batched, grouped, atol=1e-5)
+        grouped = g.set_modconv("grouped").synthesize_wplus(w, noise=noise)
+    w_ref = w.clone().requires_grad_(True)
+    g.synthesize_wplus(w_ref, noise=noise).square().sum().backward()
+    ref_grads = {name: p.grad.clone() for name, p in g.named_parameters() if p.grad is not None}
+    g.zero_grad()
+
+    g.set_modconv(impl).memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.no_grad():
+        fast = g.synthesize_wplus(w, noise=noise)
+    assert torch.allclose(fast, grouped, atol=1e-5)
+    # autograd path: same images, same gradients for latents and weights
+    w_fast = w.clone().requires_grad_(True)
+    images = g.synthesize_wplus(w_fast, noise=noise)
+    assert torch.allclose(images, grouped, atol=1e-5)
+    images.square().sum().backward()
+    scaled_err = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()  # noqa: E731  (float32 rounding)
+    assert scaled_err(w_fast.grad, w_ref.grad) < 1e-5
+    for name, grad in ref_grads.items():
+        assert scaled_err(g.get_parameter(name).grad, grad) < 1e-5, name
+
+
+def test_fused_up_runs_without_transposed_or_depthwise_convs(monkeypatch):
+    g = tiny_generator().set_modconv("fused_up")
+    g.memory_format = torch.channels_last
+    seen = []
+    monkeypatch.setattr(F, "conv_transpose2d", lambda *a, **k: seen.append("conv_transpose2d"))
+    real_conv2d = F.conv2d
+
+    def conv2d(x, weight, *args, **kw):
+        seen.append(("conv2d", kw.get("groups", 1), tuple(weight.shape)))
+        return real_conv2d(x, weight, *args, **kw)
+
+    monkeypatch.setattr(F, "conv2d", conv2d)
+    with torch.no_grad():
+        out = g.synthesize_wplus(torch.randn(2, g.n_latent, 64))
+    assert out.shape == (2, 3, 32, 32) and out.is_contiguous()
+    assert "conv_transpose2d" not in seen and all(groups == 1 for _, groups, _ in seen)
+    assert (("conv2d", 1, (4 * 16, 16, 3, 3))) in seen  # an upsampling layer: 4 phases x 16 channels
+
+
+def test_set_modconv_validates_choice():
+    with pytest.raises(BadInputError, match="'batched', 'grouped' or 'fused_up'"):
+        tiny_generator().set_modconv("winograd")
+    with pytest.raises(BadInputError, match="4-tap blur"):
+        tiny_generator(blur_kernel=[1, 2, 1]).set_modconv("fused_up")
 
 
 def test_w_and_z_inputs_and_shape_errors():
@@ -217,7 +263,7 @@ def test_modulated_upsampling_conv_matches_paper_formulas():
         layer.modulation.bias.normal_(1, 0.2)
     x, style = torch.randn(2, 6, 7, 7, dtype=torch.double), torch.randn(2, 8, dtype=torch.double)
     expected = reference_modulated_upconv(x, layer.weight[0].detach(), style, layer.modulation.weight.detach(), layer.modulation.bias.detach())
-    for impl in ("batched", "grouped"):
+    for impl in ("batched", "grouped", "fused_up"):
         layer.impl = impl
         got = layer(x, style).detach()
         assert got.shape == (2, 5, 14, 14)
@@ -231,9 +277,37 @@ def test_rgb_skip_upsampling_matches_reference_upfirdn():
     assert up.pad == (2, 1)
     expected = reference_upfirdn(x, [1, 3, 3, 1], up=2, pad0=2, pad1=1, gain=4.0)
     assert torch.allclose(up(x), expected, atol=1e-12)
+    assert torch.allclose(up.phases(x).reshape(2, 3, 10, 10), expected, atol=1e-12)  # [B, C, H, 2, W, 2] view
     # a constant image stays constant inside (the kernel keeps DC gain 1 after zero-stuffing)
     flat = up(torch.ones(1, 3, 6, 6, dtype=torch.double))
     assert torch.allclose(flat[..., 2:-2, 2:-2], torch.ones_like(flat[..., 2:-2, 2:-2]))
+
+
+@pytest.mark.parametrize("up, pad", [(1, (1, 1)), (1, (2, 1)), (1, (0, 0)), (2, (2, 1)), (2, (1, 1)), (2, (3, 3))])
+def test_upfirdn2d_matches_loop_reference(up, pad):
+    """Equal pads become conv padding, others an explicit pad: both must equal zero-stuff, pad, true conv."""
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.double)
+    kernel = torch.outer(torch.tensor([1.0, 2, 3, 1]), torch.tensor([1.0, 3, 3, 1])).double()  # asymmetric: catches flips
+    stuffed = torch.zeros(2, 3, 6 * up, 6 * up, dtype=torch.double)
+    stuffed[:, :, ::up, ::up] = x
+    padded = F.pad(stuffed, [pad[0], pad[1], pad[0], pad[1]])
+    side = padded.shape[-1] - 3
+    expected = torch.zeros(2, 3, side, side, dtype=torch.double)
+    for i in range(4):
+        for j in range(4):
+            expected += padded[:, :, i : i + side, j : j + side] * kernel[3 - i, 3 - j]
+    assert torch.allclose(upfirdn2d(x, kernel, up=up, pad=pad), expected, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_compiled_synthesis_matches_eager():
+    g = tiny_generator(size=8).set_modconv("fused_up").requires_grad_(False)
+    w = torch.randn(2, g.n_latent, 64)
+    run = compiled_synthesis(g)  # lazy: inductor (C++ on CPU) compiles on the first call, without graph breaks
+    with torch.no_grad():
+        expected = g.synthesize_wplus(w)
+        assert torch.allclose(run(w), expected, atol=1e-5)
 
 
 # ---------------------------------------------------------------- our safetensors format

@@ -5,10 +5,14 @@ equalised learning rate (weights scaled by ``lr_mul / sqrt(fan_in)`` at run time
 fused leaky ReLU = ``leaky_relu(x + b, 0.2) * sqrt(2)``, modulated convolution with
 demodulation ``rsqrt(sum w'^2 + 1e-8)``, upsampling by a stride-2 transposed
 convolution followed by a ``[1, 3, 3, 1]`` blur scaled by ``factor**2``, and the
-order conv -> noise -> bias + activation. Two numerically equivalent modulated
-convolution paths exist (``Generator.modconv``): ``"grouped"`` (per-sample weights,
-one grouped conv, as in the reference) and ``"batched"`` (modulate activations,
-shared-weight conv, demodulate outputs; faster on GPUs with channels_last/bf16).
+order conv -> noise -> bias + activation. Three numerically equivalent modulated
+convolution paths exist (:meth:`Generator.set_modconv`): ``"grouped"`` (per-sample weights,
+one grouped conv, as in the reference), ``"batched"`` (modulate activations, shared-weight
+conv, demodulate outputs; faster on GPUs with channels_last/bf16) and ``"fused_up"``
+(``batched``, with every 2x upsampling -- transposed conv + blur, and the RGB skip filter --
+run as one dense 3x3 conv giving the four output phases, interleaved while the next
+elementwise pass writes its result: no transposed or depthwise convs, no pad copies).
+:func:`compiled_synthesis` wraps the synthesis network in ``torch.compile`` (opt-in).
 
 Shapes: ``B`` batch, ``L = n_latent`` W+ styles, ``D = style_dim``, ``S = size``.
 """
@@ -32,6 +36,7 @@ SQRT2 = math.sqrt(2.0)
 BLUR_KERNEL = (1, 3, 3, 1)
 FORMAT = "latentdub.stylegan2"
 NoiseMode = Literal["const", "random", "none"]
+ModConv = Literal["batched", "grouped", "fused_up"]
 
 
 # --------------------------------------------------------------------------- ops
@@ -61,19 +66,66 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
     channels = x.shape[1]
     k = kernel.to(x.dtype)
     kh, kw = k.shape
+    # equal padding (or crop) on both sides is the conv's own padding argument: no F.pad copy
     if up > 1:
         # transposed conv = full convolution of the zero-inserted signal of length (H-1)*up+1
         weight = k[None, None].repeat(channels, 1, 1, 1)
-        x = F.conv_transpose2d(x, weight, stride=up, groups=channels)
         lo, hi = pad[0] - (kh - 1), pad[1] - (kh - 1) + (up - 1)
-        x = F.pad(x, [lo, hi, lo, hi])
+        if lo == hi and lo <= 0:
+            x = F.conv_transpose2d(x, weight, stride=up, groups=channels, padding=-lo)
+        else:
+            x = F.pad(F.conv_transpose2d(x, weight, stride=up, groups=channels), [lo, hi, lo, hi])
     else:
         weight = k.flip([0, 1])[None, None].repeat(channels, 1, 1, 1)
-        x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
-        x = F.conv2d(x, weight, groups=channels)
+        if pad[0] == pad[1] and pad[0] >= 0:
+            x = F.conv2d(x, weight, groups=channels, padding=pad[0])
+        else:
+            x = F.conv2d(F.pad(x, [pad[0], pad[1], pad[0], pad[1]]), weight, groups=channels)
     if down > 1:
         x = x[:, :, ::down, ::down]
     return x
+
+
+def output_phases(kernel: torch.Tensor) -> torch.Tensor:
+    """Split a ``[..., 6, 6]`` stride-2 upsampling kernel into the 3x3 kernels of its output phases.
+
+    Returns ``[4, ..., 3, 3]``, phase ``2 * ry + rx`` first: with ``z = conv_transpose(x, kernel,
+    stride 2)`` cropped by 2 on each side, ``z[2m + r] = sum_j x[m - 1 + j] * phase_r[j]`` (3-tap
+    correlation with padding 1), i.e. ``phase_r = kernel[r::2]`` reversed, on both axes.
+    """
+    return torch.stack([kernel[..., ry::2, rx::2].flip([-2, -1]) for ry in (0, 1) for rx in (0, 1)])
+
+
+def interleave_view(phases: torch.Tensor, channels: int) -> torch.Tensor:
+    """View phase-major ``[B, 4 * C, H, W]`` (channel ``(2 * ry + rx) * C + c``) as ``[B, C, H, 2, W, 2]``.
+
+    Element ``[b, c, h, ry, w, rx]`` is output pixel ``(2h + ry, 2w + rx)``; pair it with
+    :func:`split_view` of the ``[B, C, 2H, 2W]`` result to interleave inside one elementwise pass.
+    """
+    b, _, h, w = phases.shape
+    return phases.view(b, 2, 2, channels, h, w).permute(0, 3, 4, 1, 5, 2)
+
+
+def split_view(x: torch.Tensor) -> torch.Tensor:
+    """View ``[N, C, 2H, 2W]`` as ``[N, C, H, 2, W, 2]``; size-1 (broadcast) spatial dims stay size 1."""
+    n, c, h, w = x.shape
+    return x.view(n, c, 1, 1, 1, 1) if h == w == 1 else x.view(n, c, h // 2, 2, w // 2, 2)
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """``channels_last`` when ``x [B, C, H, W]`` is stored that way (and not also plain contiguous)."""
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+
+
+def bias_act_into(raw: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Write ``leaky_relu(raw * gain + shift, 0.2)`` into ``out`` (same shape, any strides); returns ``out``.
+
+    Without autograd this is two passes (``addcmul`` into ``out``, in-place activation); under
+    autograd or ``torch.compile`` the functional form is copied in (the compiler fuses it).
+    """
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return out.copy_(F.leaky_relu(raw * gain + shift, 0.2))
+    return F.leaky_relu_(torch.addcmul(shift, raw, gain, out=out), 0.2)
 
 
 # --------------------------------------------------------------------------- layers
@@ -130,6 +182,14 @@ class Upsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
 
+    def phases(self, x: torch.Tensor) -> torch.Tensor:
+        """Same result as :meth:`forward` for ``factor=2`` and 4 taps, as a ``[B, C, H, 2, W, 2]`` view
+        (see :func:`interleave_view`): one dense conv on ``x [B, C, H, W]`` viewed as ``B * C`` images."""
+        b, c, h, w = x.shape
+        weight = output_phases(F.pad(self.kernel, [1, 1, 1, 1]))[:, None].to(x.dtype)  # [4, 1, 3, 3]
+        out = F.conv2d(x.reshape(b * c, 1, h, w), weight, padding=1)  # [B*C, 4, H, W]
+        return out.view(b, c, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+
 
 class ModulatedConv2d(nn.Module):
     """Style-modulated convolution; ``weight [1, O, I, k, k]``, ``modulation``: W -> per-input-channel scales."""
@@ -147,14 +207,21 @@ class ModulatedConv2d(nn.Module):
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
-        #: ``"batched"`` or ``"grouped"``; set for the whole generator by :meth:`Generator.set_modconv`.
-        self.impl = "batched"
+        #: ``"batched"``, ``"grouped"`` or ``"fused_up"``; set for the whole generator by :meth:`Generator.set_modconv`.
+        self.impl: ModConv = "batched"
+
+    @property
+    def phased(self) -> bool:
+        """True when the upsampling conv runs as one 3x3 conv producing the 4 output phases (``fused_up``)."""
+        return self.upsample and self.impl == "fused_up"
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         """``x [B, I, H, W]``, ``style [B, D]`` -> ``[B, O, H', W']`` (H' = 2H when upsampling)."""
         s = self.modulation(style)  # [B, I]
         if self.impl == "grouped":
             return self._grouped(x, s)
+        if self.kernel_size == 1:
+            return self._pointwise(x, s)
         return self._batched(x, s)
 
     def _demod(self, s: torch.Tensor) -> torch.Tensor:
@@ -165,6 +232,9 @@ class ModulatedConv2d(nn.Module):
 
     def _batched(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         out, demod = self.batched_parts(x, s)
+        if self.phased:
+            b, _, h, w = out.shape
+            out = interleave_view(out, self.out_channel).reshape(b, self.out_channel, 2 * h, 2 * w)
         return out if demod is None else out * demod.to(out.dtype)[:, :, None, None]
 
     def batched_parts(self, x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -172,22 +242,47 @@ class ModulatedConv2d(nn.Module):
 
         ``s [B, I]`` are the modulation outputs; the result equals :meth:`forward` once the
         output is scaled by ``demod`` (demodulation is per sample and output channel, so it
-        commutes with the convolution and the blur).
+        commutes with the convolution and the blur). When :attr:`phased` the first output is
+        the phase-major ``[B, 4 * O, H, W]`` (see :func:`interleave_view`), not ``[B, O, 2H, 2W]``.
         """
         w = self.weight[0] * self.scale  # [O, I, k, k]
         x = x * s.to(x.dtype)[:, :, None, None]
-        if self.upsample:
+        if self.phased:
+            out = F.conv2d(x, self._phase_weight(w).to(x.dtype), padding=1)
+        elif self.upsample:
             out = self.blur(F.conv_transpose2d(x, w.transpose(0, 1).to(x.dtype), stride=2))
         else:
             out = F.conv2d(x, w.to(x.dtype), padding=self.padding)
         return out, (self._demod(s) if self.demodulate else None)
 
+    def _phase_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """Transposed-conv weight ``w [O, I, 3, 3]`` composed with the 4x4 blur -> phase kernels ``[4 * O, I, 3, 3]`` (``w``'s dtype)."""
+        o, i, k, _ = w.shape
+        kernel = self.blur.kernel.to(w.dtype)
+        with torch.autocast(device_type=w.device.type, enabled=False):
+            taps = torch.eye(k * k, dtype=w.dtype, device=w.device).view(k * k, 1, k, k)
+            # each of the 9 taps convolved (true convolution) with the blur: [9, 6, 6] -> [4, 9, 3, 3]
+            taps = output_phases(F.conv2d(taps, kernel.flip([0, 1])[None, None], padding=kernel.shape[-1] - 1)[:, 0])
+            return torch.einsum("oit,ptab->poiab", w.reshape(o, i, k * k), taps).reshape(4 * o, i, 3, 3)
+
+    def _sample_weights(self, s: torch.Tensor) -> torch.Tensor:
+        """Per-sample (de)modulated weights ``[B, O, I, k, k]`` (the reference formulation)."""
+        b, i = s.shape
+        weight = self.scale * self.weight * s.to(self.weight.dtype).view(b, 1, i, 1, 1)
+        if self.demodulate:
+            weight = weight * torch.rsqrt(weight.square().sum(dim=(2, 3, 4)) + 1e-8).view(b, self.out_channel, 1, 1, 1)
+        return weight
+
+    def _pointwise(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """1x1 kernels as one batched matmul with per-sample weights: reads ``x`` once, any memory format."""
+        b, _, h, w_ = x.shape
+        weight = self._sample_weights(s).view(b, self.out_channel, self.in_channel)
+        return torch.bmm(weight.to(x.dtype), x.flatten(2)).view(b, self.out_channel, h, w_)
+
     def _grouped(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         b, i, h, w_ = x.shape
         o, k = self.out_channel, self.kernel_size
-        weight = self.scale * self.weight * s.to(self.weight.dtype).view(b, 1, i, 1, 1)  # [B, O, I, k, k]
-        if self.demodulate:
-            weight = weight * torch.rsqrt(weight.square().sum(dim=(2, 3, 4)) + 1e-8).view(b, o, 1, 1, 1)
+        weight = self._sample_weights(s)  # [B, O, I, k, k]
         x = x.reshape(1, b * i, h, w_)
         if self.upsample:
             weight = weight.transpose(1, 2).reshape(b * i, o, k, k)
@@ -242,19 +337,25 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_channel)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.conv.impl == "grouped":
-            return self.activate(self.noise(self.conv(x, style), noise))
+        """``x [B, I, H, W]``, ``style [B, D]``, ``noise [1 or B, 1, H', W'] | None`` -> ``[B, O, H', W']``."""
+        conv = self.conv
+        if conv.impl == "grouped":
+            return self.activate(self.noise(conv(x, style), noise))
         # fused epilogue, same maths in one pass plus an in-place activation:
         # sqrt2 * lrelu(raw * d + n * noise + b) == lrelu(raw * (sqrt2 d) + sqrt2 (n * noise + b))
-        raw, demod = self.conv.batched_parts(x, self.conv.modulation(style))
+        raw, demod = conv.batched_parts(x, conv.modulation(style))
         shift = self.activate.bias.view(1, -1, 1, 1)
         if noise is not None:
             shift = shift + self.noise.weight * noise
         shift, gain = (shift * SQRT2).to(raw.dtype), (demod * SQRT2).to(raw.dtype)[:, :, None, None]
-        if torch.is_grad_enabled():  # autograd: no out= / in-place; raw first keeps its memory format
+        if conv.phased:  # raw: [B, 4O, H, W] phases, interleaved by the epilogue's write
+            b, _, h, w = raw.shape
+            out = torch.empty(b, conv.out_channel, 2 * h, 2 * w, dtype=raw.dtype, device=raw.device, memory_format=memory_format_of(raw))
+            bias_act_into(interleave_view(raw, conv.out_channel), gain[..., None, None], split_view(shift), split_view(out))
+            return out
+        if torch.is_grad_enabled():  # no copy into a preallocated output; raw first keeps its memory format
             return F.leaky_relu(raw * gain + shift, 0.2)
-        out = torch.empty_like(raw)  # keeps raw's memory format (channels_last)
-        return F.leaky_relu_(torch.addcmul(shift, raw, gain, out=out), 0.2)
+        return bias_act_into(raw, gain, shift, torch.empty_like(raw))  # empty_like keeps channels_last
 
 
 class ToRGB(nn.Module):
@@ -268,11 +369,14 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Returns float32 ``[B, 3, H, W]``: the RGB sum stays in full precision under autocast."""
-        out = self.conv(x, style).float() + self.bias.float()
+        """``x [B, I, H, W]``, ``skip [B, 3, H/2, W/2]`` -> float32 ``[B, 3, H, W]`` (full precision under autocast)."""
+        out = self.conv(x, style) + self.bias.float()  # type promotion: float32 in the same pass
         if skip is not None:
             with torch.autocast(device_type=out.device.type, enabled=False):
-                out = out + self.upsample(skip.float())
+                if self.conv.impl == "fused_up":
+                    split_view(out).add_(self.upsample.phases(skip.float()))
+                else:
+                    out = out + self.upsample(skip.float())
         return out
 
 
@@ -340,10 +444,12 @@ class Generator(nn.Module):
         return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp, "channel_multiplier": self.channel_multiplier,
                 "blur_kernel": list(self.blur_kernel), "lr_mlp": self.lr_mlp, "channel_max": self.channel_max}
 
-    def set_modconv(self, impl: Literal["batched", "grouped"]) -> "Generator":
-        """Choose the modulated-conv path for every layer (same maths; ``batched`` is faster on GPUs)."""
-        if impl not in ("batched", "grouped"):
-            raise BadInputError(f"modconv {impl!r}: choose 'batched' or 'grouped'")
+    def set_modconv(self, impl: ModConv) -> "Generator":
+        """Choose the modulated-conv path for every layer (same maths; ``batched``/``fused_up`` are faster on GPUs)."""
+        if impl not in ("batched", "grouped", "fused_up"):
+            raise BadInputError(f"modconv {impl!r}: choose 'batched', 'grouped' or 'fused_up'")
+        if impl == "fused_up" and len(self.blur_kernel) != 4:
+            raise BadInputError(f"modconv 'fused_up' needs a 4-tap blur kernel, not {list(self.blur_kernel)}: use 'batched'")
         for m in self.modules():
             if isinstance(m, ModulatedConv2d):
                 m.impl = impl
@@ -406,6 +512,18 @@ class Generator(nn.Module):
             skip = to_rgb(x, w[:, i + 2], skip)
             i += 2
         return skip
+
+
+def compiled_synthesis(gen: Generator, mode: Optional[str] = None, dynamic: bool = False, fullgraph: bool = True) -> Any:
+    """``torch.compile`` of ``gen.synthesize_wplus`` (W+ ``[B, L, D]`` -> ``[B, 3, S, S]``); nothing compiles before the first call.
+
+    ``mode``: torch.compile mode, e.g. ``"max-autotune-no-cudagraphs"`` (slow to compile, fastest
+    kernels) or ``"reduce-overhead"`` (CUDA graphs; worth it at batch 1). ``dynamic=False``
+    specialises on the batch size (one compile per size). Call it under ``torch.no_grad()`` and
+    the autocast of your choice; changing :meth:`Generator.set_modconv`, the memory format or
+    autocast triggers a recompile.
+    """
+    return torch.compile(gen.synthesize_wplus, mode=mode, dynamic=dynamic, fullgraph=fullgraph)
 
 
 # --------------------------------------------------------------------------- loading and saving

@@ -146,8 +146,11 @@ class Motion:
     ``kind`` says how renderers read ``codes``:
 
     * ``"wplus"``: float32 ``[T, n_styles, 512]`` absolute W+ latents;
-    * ``"wplus-offset"``: float32 ``[T, n_styles, 512]`` displacements added
-      to each frame's own inverted latent;
+    * ``"wplus-offset"``: displacements in W+, either float32
+      ``[T, n_styles, 512]`` or compact subspace coefficients ``[T, k]`` with
+      ``extra["basis"]`` float32 ``[k, n_styles, 512]`` (memory stays small for
+      long speech); ``extra["base"] == "identity"`` means they are added to the
+      identity latent w_I, otherwise to each frame's own inverted latent;
     * ``"mouth"``: float32 ``[T, 3]`` mouth shape (opening, width, protrusion),
       opening and width relative to inter-ocular distance, 0 = closed/neutral.
     """
