@@ -79,7 +79,7 @@ def autocast(device: torch.device, bf16: bool):
 
 
 def profile_table(fn, device: torch.device, iters: int = 3, rows: int = 15) -> str:
-    """The ``rows`` CUDA kernels with the most total time over ``iters`` calls of ``fn`` (CPU ops on a CPU)."""
+    """The ``rows`` CUDA kernels with the most total time, per call of ``fn`` (on a CPU: CPU ops summed over ``iters`` calls)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -155,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         """Time one generator set-up at ``sizes`` (default: every batch size); ``compiled``: one compile per size."""
         configure(modconv, tf32, channels_last)
         run = compiled_synthesis(gen, mode=compile_mode) if compiled else gen.synthesize_wplus
-        last_compile = 0.0
+        last_compile = 0.0 if args.quick else 60.0  # seconds; a guess until the first compile is timed
         for b in sorted(sizes or batches, reverse=compiled):  # compiles: the largest size first
             left = args.budget - (time.perf_counter() - started)
             if compiled and left < 1.5 * last_compile + 10:
-                notes.append(f"{name} batch {b}: skipped, {left:.0f} s of the --budget left (last compile took {last_compile:.0f} s)")
+                notes.append(f"{name} batch {b}: skipped, {left:.0f} s of the --budget left (a compile takes ~{last_compile:.0f} s)")
                 print(notes[-1], flush=True)
                 continue
             w = latents(b)
@@ -176,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
             except torch.cuda.OutOfMemoryError:
                 ips = float("nan")
                 torch.cuda.empty_cache()
+            except Exception as exc:  # a compiler failure must not cost the rest of the report
+                if not compiled:
+                    raise
+                notes.append(f"{name} batch {b}: failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                print(notes[-1], flush=True)
+                return
             rows.append(("generator", name, b, ips))
             print(f"generator {name:>24} batch {b:>3}: {ips:8.1f} img/s", flush=True)
 
@@ -184,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         w = latents(b)
         with torch.no_grad(), autocast(device, True):
             table = profile_table(lambda: gen.synthesize_wplus(w), device)
-        profiles.append(f"bf16 {modconv}, batch {b}, per call:\n\n```\n{table}\n```")
+        profiles.append(f"bf16 {modconv}, batch {b}:\n\n```\n{table}\n```")
         print(profiles[-1], flush=True)
 
     def enc_variant(name: str, tf32: bool, bf16: bool, channels_last: bool) -> None:

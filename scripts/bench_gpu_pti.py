@@ -62,7 +62,8 @@ class Variant:
 VARIANTS = [
     Variant("reference", "fp32", "grouped", False, False),
     Variant("fp32", "fp32", "batched", True, True),
-    Variant("bf16", "bf16", "batched", True, True),
+    Variant("fp32 fused_up", "fp32", "fused_up", True, True),
+    Variant("bf16 fused_up", "bf16", "fused_up", True, True),
 ]
 
 
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             args.device = "cpu"
     device = torch.device(args.device)
-    variants = VARIANTS + ([Variant("bf16+compile", "bf16", "batched", True, True, compile=True)] if args.compile else [])
+    variants = VARIANTS + ([Variant("bf16+compile", "bf16", "fused_up", True, True, compile=True)] if args.compile else [])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     lines = [
         f"PTI tuning, {args.size} px StyleGAN2 (channel_max {args.channel_max}), batch 1, LPIPS vgg at {min(args.size, 256)} px (random trunk); "

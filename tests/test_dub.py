@@ -98,3 +98,22 @@ def test_python_api(pair, tmp_path):
     assert summary.frames == summary.frames_with_face + summary.frames_passed_through
     assert summary.frames_with_face >= 0.95 * summary.frames
     assert {"analyse", "motion", "render", "encode"} <= set(summary.stage_seconds)
+
+
+def test_readme_main_command_offline(pair, tmp_path):
+    """The README's main command, as a user types it: console script, `auto` preset, no network."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    video, speech = pair
+    exe = shutil.which("latentdub", path=os.path.dirname(sys.executable)) or shutil.which("latentdub")
+    assert exe, "the latentdub console script is not installed"
+    env = {**os.environ, "LATENTDUB_OFFLINE": "1", "LATENTDUB_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "dubbed.mp4"
+    proc = subprocess.run([exe, "dub", str(video), str(speech), "-o", str(out)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "using the offline preview backend" in proc.stderr
+    info = probe_video(out)
+    assert info.has_audio and info.fps == 25 and sum(1 for _ in read_frames(out)) >= 74
