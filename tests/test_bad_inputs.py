@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 from click.testing import CliRunner
 
@@ -99,3 +101,47 @@ def test_unwritable_output(grid_clips, tmp_path, target):
 def test_missing_input_file(grid_clips, tmp_path):
     out = tmp_path / "o.mp4"
     assert_clean_failure(dub(tmp_path / "nope.mp4", grid_clips[1], out), out, 2, "nope.mp4: file not found")
+
+
+def test_frames_without_a_face_pass_through_untouched(grid_clips, tmp_path):
+    """A clip whose second half shows no face: those frames come out as they went in, and are counted."""
+    from latentdub.toolkit.pipeline import dub
+    from latentdub.toolkit.video import read_frames
+
+    noface = media.faceless(tmp_path / "noface.mp4", seconds=1.0)
+    clip = tmp_path / "half.mp4"
+    media.ffmpeg("-i", str(grid_clips[0]), "-i", str(noface), "-filter_complex",
+                 "[1:v]scale=360:288,setsar=1[b];[0:v]setsar=1[a];[a][0:a][b][1:a]concat=n=2:v=1:a=1[v][au]",
+                 "-map", "[v]", "-map", "[au]", "-c:v", "libx264", "-crf", "0", "-preset", "ultrafast", "-c:a", "aac", str(clip))
+    out = tmp_path / "o.mp4"
+    summary = dub(clip, grid_clips[1], out, preset="preview", overrides=["output.crf=0"], log=lambda m: None)
+    assert summary.frames_passed_through >= 20 and summary.frames_with_face >= 70
+    source = [f.image.astype(int) for f in read_frames(clip)]
+    dubbed = [f.image.astype(int) for f in read_frames(out)]
+    tail_diff = max(np.abs(s - d).max() for s, d in zip(source[-20:], dubbed[-20:]))
+    assert tail_diff <= 3  # only lossless-encode rounding of yuv420p
+
+
+def test_odd_frame_size(grid_clips, tmp_path):
+    clip = tmp_path / "odd.mkv"
+    media.ffmpeg("-i", str(grid_clips[0]), "-vf", "format=rgb24,crop=359:287:0:0", "-c:v", "ffv1", "-pix_fmt", "bgr0", "-c:a", "copy", str(clip))
+    assert (probe_video(clip).width, probe_video(clip).height) == (359, 287)
+    out = tmp_path / "o.mp4"
+    result = dub(clip, grid_clips[1], out)
+    assert result.exit_code == 0, result.output
+    info = probe_video(out)
+    assert (info.width, info.height) == (360, 288)  # padded by one pixel for yuv420p
+
+
+def test_rotated_clip_is_decoded_upright(grid_clips, tmp_path):
+    """Frames stored sideways with display-rotation metadata are dubbed upright."""
+    sideways = tmp_path / "sideways.mp4"
+    media.ffmpeg("-i", str(grid_clips[0]), "-vf", "transpose=clock", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(sideways))
+    clip = tmp_path / "rotated.mp4"
+    media.ffmpeg("-display_rotation", "90", "-i", str(sideways), "-c", "copy", str(clip))  # metadata only
+    info = probe_video(clip)
+    assert info.rotation in (90, 270) and (info.width, info.height) == (360, 288)
+    out = tmp_path / "o.mp4"
+    result = dub(clip, grid_clips[1], out)
+    assert result.exit_code == 0, result.output
+    assert (probe_video(out).width, probe_video(out).height) == (360, 288)
