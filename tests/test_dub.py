@@ -117,3 +117,18 @@ def test_readme_main_command_offline(pair, tmp_path):
     assert "using the offline preview backend" in proc.stderr
     info = probe_video(out)
     assert info.has_audio and info.fps == 25 and sum(1 for _ in read_frames(out)) >= 74
+
+
+def test_speech_edits_from_the_preset(pair, tmp_path):
+    video, speech = pair
+    out = tmp_path / "edited.mp4"
+    result = dub_cli(video, speech, "-o", out, "--preset", "preview", "--set", "timing.length_policy=trim",
+                     "--set", "speech.trim_start=0.5", "--set", "speech.trim_end=2.0", "--set", "speech.fade_out=0.2",
+                     "--set", "speech.loudness=-20")
+    assert result.exit_code == 0, result.output
+    assert probe_video(out).duration == pytest.approx(1.5, abs=0.08)
+    audio = load_audio(out)
+    rms = 20 * np.log10(np.sqrt(np.mean(audio.samples[: int(1.2 * audio.sample_rate)] ** 2)) + 1e-9)
+    assert -24 < rms < -16
+    tail = audio.samples[-int(0.02 * audio.sample_rate):]
+    assert np.abs(tail).max() < 0.05  # faded out

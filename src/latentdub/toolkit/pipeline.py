@@ -207,10 +207,15 @@ def _contact_sheet(frames: list[np.ndarray], path: Path) -> Path:
     return path
 
 
-def _load_speech(audio: Path, sample_rate: int) -> Audio:
-    from .audio import load_audio
+def _load_speech(audio: Path, sample_rate: int, edits) -> Audio:
+    """Decode the speech at the motion model's rate and apply the preset's ``speech`` edits."""
+    from .audio import edit_audio, load_audio
 
-    return load_audio(audio, sample_rate=sample_rate)
+    speech = load_audio(audio, sample_rate=sample_rate)
+    if edits.is_identity:
+        return speech
+    trim = (edits.trim_start, edits.trim_end) if edits.trim_start or edits.trim_end is not None else None
+    return edit_audio(speech, trim=trim, fade_in=edits.fade_in, fade_out=edits.fade_out, target_dbfs=edits.loudness)
 
 
 def _prepare_run(output: Path, preset: Preset | str, overrides: Optional[list[str]]) -> tuple[Path, Preset]:
@@ -304,7 +309,7 @@ def dub(
     components = Components(preset, profile=profile, log=log)
     motion_model = components["motion"]
     with _timed(summary, "audio"):
-        speech = _load_speech(audio, int(getattr(motion_model, "sample_rate", 16000)))
+        speech = _load_speech(audio, int(getattr(motion_model, "sample_rate", 16000)), preset.speech)
     fps = float(preset.output.fps or info.fps)
     if abs(fps - info.fps) > 1e-6:
         info = dataclasses.replace(info, fps=fps, n_frames=max(1, int(info.duration * fps + 0.5)))
@@ -399,7 +404,7 @@ def animate(
     components = Components(preset, profile=profile, log=log)
     motion_model = components["motion"]
     with _timed(summary, "audio"):
-        speech = _load_speech(audio, int(getattr(motion_model, "sample_rate", 16000)))
+        speech = _load_speech(audio, int(getattr(motion_model, "sample_rate", 16000)), preset.speech)
     with _timed(summary, "analyse"):
         tracked = track_still(picture, components["detector"], preset.track)
     if tracked.face is None:

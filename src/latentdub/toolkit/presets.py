@@ -62,6 +62,27 @@ class TimingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SpeechConfig:
+    """Edits applied to the new speech before anything else (seconds, dBFS).
+
+    ``trim_start``/``trim_end`` keep that span (``trim_end`` None: to the end);
+    ``fade_in``/``fade_out`` ramp the edges; ``loudness`` sets the RMS level in
+    dBFS (e.g. -20; None leaves the level alone; peaks never clip).
+    """
+
+    trim_start: float = 0.0
+    trim_end: Optional[float] = None
+    fade_in: float = 0.0
+    fade_out: float = 0.0
+    loudness: Optional[float] = None
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the settings leave the speech unchanged."""
+        return self == SpeechConfig()
+
+
+@dataclasses.dataclass(frozen=True)
 class TrackConfig:
     """Target face selection and landmark smoothing.
 
@@ -82,7 +103,7 @@ class TrackConfig:
     detect_every: int = 1
 
 
-CORE_SECTIONS = {"output": OutputConfig, "timing": TimingConfig, "track": TrackConfig}
+CORE_SECTIONS = {"output": OutputConfig, "timing": TimingConfig, "speech": SpeechConfig, "track": TrackConfig}
 TOP_LEVEL = {"description": str, "device": str, "seed": int, "name": str}
 
 
@@ -105,6 +126,7 @@ class Preset:
     seed: int
     output: OutputConfig
     timing: TimingConfig
+    speech: SpeechConfig
     track: TrackConfig
     stages: dict[str, Stage]
 
