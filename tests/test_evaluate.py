@@ -167,3 +167,32 @@ def test_evaluate_command_rejects_bad_input_before_work(grid_clips, tmp_path):
     assert bad_key.exit_code == 2 and "lmd.bogus" in bad_key.output
     unknown = runner.invoke(cli, ["evaluate", clip, clip, "--metrics", "nope"])
     assert unknown.exit_code == 5 and "nope" in unknown.output
+
+
+def test_evaluate_against_a_prepared_dataset_split(grid_clips, tmp_path):
+    """REFERENCE may be a prepared dataset: its split's source clips are matched by clip id."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from latentdub.cli import cli
+
+    dataset = tmp_path / "dataset"
+    (dataset / "splits").mkdir(parents=True)
+    clips = {p.stem: {"speaker": p.stem[:2], "source": str(p), "status": "done"} for p in grid_clips[:3]}
+    from latentdub.toolkit.dataset import FORMAT
+
+    (dataset / "manifest.json").write_text(json.dumps({"format": FORMAT, "clips": clips}))
+    (dataset / "splits" / "test.txt").write_text("".join(f"{c}\n" for c in list(clips)[:2]))
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    for clip in list(clips)[:2]:
+        shutil.copy(clips[clip]["source"], generated / f"{clip}.mpg")
+    report = tmp_path / "r.json"
+    result = CliRunner().invoke(cli, ["evaluate", str(generated), str(dataset), "--metrics", "psnr,ssim", "--max-frames", "5", "--json", str(report), "-q"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    text = json.dumps(data)
+    assert all(c in text for c in list(clips)[:2]) and list(clips)[2] not in text
+    assert "100" in result.output  # identical clips: PSNR at its cap

@@ -34,9 +34,11 @@ def _parse_sets(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Score at most this many frame pairs per clip.")
 @click.option("--set", "overrides", multiple=True, metavar="METRIC.KEY=VALUE",
               help="Metric setting, e.g. --set lmd.reduce=sum, --set fid.weights=/path/pt_inception.pth (repeatable).")
+@click.option("--split", default="test", show_default=True, help="Split scored when REFERENCE is a prepared dataset.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not print progress lines.")
-def evaluate_command(generated, reference, json_path, csv_path, metrics, device, detector, max_frames, overrides, quiet):
-    """Score GENERATED against REFERENCE: two videos, or two folders matched by file name.
+def evaluate_command(generated, reference, json_path, csv_path, metrics, device, detector, max_frames, overrides, split, quiet):
+    """Score GENERATED against REFERENCE: two videos, two folders matched by file
+    name, or a folder of clips named by clip id against a prepared dataset's split.
 
     Frames are paired by timestamp up to the shorter clip. Prints one row per
     clip and a mean row (PSNR, SSIM, FID, LMD, LSE-D, LSE-C, CPBD); metrics
@@ -53,7 +55,7 @@ def evaluate_command(generated, reference, json_path, csv_path, metrics, device,
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     result = evaluate(
         generated, reference, metrics=names, device=device, max_frames=max_frames,
-        detector=detector, settings=_parse_sets(overrides), log=log,
+        detector=detector, settings=_parse_sets(overrides), log=log, split=split,
     )
     click.echo(format_table(result))
     if csv_path is not None:

@@ -143,16 +143,37 @@ def _videos(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES}
 
 
-def pair_inputs(generated: Path, reference: Path) -> tuple[list[ClipPair], list[str]]:
-    """Clips to score from two files or two folders, and the unmatched files.
+def _dataset_references(dataset: Path, split: str) -> dict[str, Path]:
+    """Source videos of the clips in ``split`` of a prepared dataset, by clip id."""
+    from .dataset import load_manifest, read_split
 
+    entries = load_manifest(dataset).get("clips", {})
+    ids = read_split(dataset, split)
+    if not ids:
+        raise BadInputError(f"{dataset}: split {split!r} lists no clips; choose another with --split (train, val, test)")
+    return {clip: Path(entries[clip]["source"]) for clip in ids if clip in entries}
+
+
+def pair_inputs(generated: Path, reference: Path, split: str = "test") -> tuple[list[ClipPair], list[str]]:
+    """Clips to score, and the unmatched files.
+
+    ``generated``/``reference``: two files, two folders (matched by file stem),
+    or a folder and a prepared dataset (``latentdub dataset prepare``), whose
+    ``split`` clips are matched to generated files named by clip id.
     Raises :class:`BadInputError` for missing paths, a file paired with a
-    folder, or folders without a single common stem.
+    folder, or no common names.
     """
     generated, reference = Path(generated), Path(reference)
     for path, role in ((generated, "GENERATED"), (reference, "REFERENCE")):
         if not path.exists():
             raise BadInputError(f"{path}: {role} not found; give a video file or a folder of videos")
+    if generated.is_dir() and (reference / "manifest.json").is_file():
+        gen, ref = _videos(generated), _dataset_references(reference, split)
+        common = sorted(set(gen) & set(ref))
+        if not common:
+            raise BadInputError(f"{generated}: no file is named after a clip of {reference} split {split!r} (e.g. {next(iter(ref))}.mp4)")
+        unmatched = [str(gen[s]) for s in sorted(set(gen) - set(ref))] + [f"{reference}:{s}" for s in sorted(set(ref) - set(gen))]
+        return [ClipPair(s, gen[s], ref[s]) for s in common], unmatched
     if generated.is_file() and reference.is_file():
         return [ClipPair(generated.stem, generated, reference)], []
     if generated.is_dir() and reference.is_dir():
@@ -226,6 +247,7 @@ def evaluate(
     settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
     weights: Optional[Callable[[str], Path]] = None,
     log: Callable[[str], None] = lambda message: None,
+    split: str = "test",
 ) -> Evaluation:
     """Score generated clip(s) against reference clip(s).
 
@@ -234,13 +256,14 @@ def evaluate(
     ``max_frames``: score at most this many frame pairs per clip;
     ``detector``: face detector plugin used by face-based metrics;
     ``settings``: per-metric config overrides, e.g. ``{"lmd": {"reduce": "sum"}}``;
-    ``weights``: resolver of weight names to paths (default: the weights registry).
+    ``weights``: resolver of weight names to paths (default: the weights registry);
+    ``split``: the split scored when ``reference`` is a prepared dataset.
     """
     from .devices import resolve_device
     from .plugins import get_component
     from .video import probe_video, read_frames
 
-    clips, unmatched = pair_inputs(generated, reference)
+    clips, unmatched = pair_inputs(generated, reference, split)
     names = list(dict.fromkeys(metrics))
     components = {name: get_component("metric", name) for name in names}
     configs = _parse_settings(names, settings or {}, components)
