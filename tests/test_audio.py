@@ -7,7 +7,7 @@ import wave
 import numpy as np
 import pytest
 
-from latentdub.toolkit.audio import edit_audio, fit_duration, load_audio, save_wav, write_pcm_for_mux
+from latentdub.toolkit.audio import edit_audio, fit_duration, load_audio, save_wav
 from latentdub.toolkit.errors import BadInputError, OutputError
 from latentdub.toolkit.types import Audio
 
@@ -144,9 +144,3 @@ def test_fit_duration_offsets_and_pads(grid_audio):
     assert np.array_equal(late.samples[sr // 2: sr // 2 + 100], grid_audio.samples[:100])
     early = fit_duration(grid_audio, 1.0, offset=-0.5)
     assert np.array_equal(early.samples, grid_audio.samples[sr // 2: sr // 2 + sr])
-
-
-def test_write_pcm_for_mux(tmp_path, grid_audio):
-    path = write_pcm_for_mux(grid_audio, tmp_path / "mux.wav", duration=3.2)
-    with wave.open(str(path)) as w:
-        assert (w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()) == (1, 2, 16000, 51200)

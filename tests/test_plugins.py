@@ -120,6 +120,8 @@ def test_entry_point_plugin_and_broken_plugin(tmp_path, monkeypatch):
         assert result.exit_code == 0, result.output
         assert "latentdub_test_plugin_broken: failed: ImportError" in result.output
         assert "latentdub_test_plugin_ok (latentdub_test_plugin_ok 1.0): ok" in result.output
+        detail = CliRunner().invoke(cli, ["plugins", "--traceback"]).output
+        assert "Traceback" in detail and "this plugin is broken on purpose" in detail
         # restricting third-party plugins by environment variable
         monkeypatch.setenv("LATENTDUB_PLUGINS", "latentdub_test_plugin_ok")
         plugins.reset()
@@ -145,3 +147,18 @@ def test_import_is_light():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_component_missing_its_protocol_is_reported():
+    class Broken:
+        @hookimpl
+        def register_compositors(self, register):
+            register("half-done", lambda config, context: object(), summary="forgot composite()")
+
+    plugins.register_plugin(Broken(), name="broken_compositor_plugin")
+    try:
+        preset = resolve_preset("preview", ["compositor.plugin=half-done"])
+        with pytest.raises(plugins.PluginError, match="lacks composite"):
+            Components(preset)["compositor"]
+    finally:
+        plugins.unregister_plugin("broken_compositor_plugin")

@@ -7,15 +7,19 @@ import click
 
 @click.command("plugins")
 @click.option("--components", is_flag=True, help="Also list every registered component by kind.")
-def plugins_command(components: bool) -> None:
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show the traceback of each plugin that failed.")
+def plugins_command(components: bool, show_traceback: bool) -> None:
     """List loaded plugins, their hooks and versions, and plugins that failed to load."""
     from ..toolkit.plugins import components as all_components
-    from ..toolkit.plugins import plugin_report
+    from ..toolkit.plugins import failed_plugins, plugin_report
 
     for row in plugin_report():
         version = f" ({row['version']})" if row["version"] else ""
         hooks = ", ".join(row["hooks"]) if row["hooks"] else "-"
         click.echo(f"{row['name']}{version}: {row['status']}; hooks: {hooks}")
+    if show_traceback:
+        for failed in failed_plugins():
+            click.echo(f"\n{failed.name}:\n{failed.detail}")
     if components:
         for kind, table in all_components().items():
             names = sorted({c.name for c in table.values()})

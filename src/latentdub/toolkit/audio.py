@@ -144,13 +144,6 @@ def fit_duration(audio: Audio, duration: float, offset: float = 0.0) -> Audio:
     return Audio(out, sr, audio.path)
 
 
-def write_pcm_for_mux(audio: Audio, path: str | Path, duration: Optional[float] = None, offset: float = 0.0) -> Path:
-    """Write the WAV a video writer muxes: ``audio`` fitted to ``duration`` s (see :func:`fit_duration`)."""
-    if duration is not None or offset:
-        audio = fit_duration(audio, audio.duration if duration is None else duration, offset)
-    return save_wav(audio, path)
-
-
 def _pydub() -> Any:
     """pydub's AudioSegment class, pointed at the bundled ffmpeg (silencing its import-time warnings)."""
     with warnings.catch_warnings():

@@ -5,11 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from . import protocols
 from .context import BuildContext
 from .devices import resolve_device
 from .errors import ConfigError, LatentdubError, PluginError
 from .plugins import get_component
 from .presets import STAGES, Preset
+
+#: The protocol a built component of each kind must implement.
+PROTOCOLS = {
+    "detector": protocols.Detector,
+    "encoder": protocols.Encoder,
+    "generator": protocols.Generator,
+    "audio_features": protocols.AudioFeatures,
+    "motion": protocols.MotionModel,
+    "renderer": protocols.Renderer,
+    "compositor": protocols.Compositor,
+    "finetuner": protocols.Finetuner,
+}
 
 
 class Components:
@@ -60,5 +73,12 @@ class Components:
             raise PluginError(f"{stage}: plugin {spec.plugin!r} ({component.plugin}) failed to build: {type(exc).__name__}: {exc}") from exc
         finally:
             self._building.pop()
+        expected = PROTOCOLS[STAGES[stage]]
+        if not isinstance(built, expected):
+            missing = [name for name in dir(expected) if not name.startswith("_") and not hasattr(built, name)]
+            raise PluginError(
+                f"{stage}: plugin {spec.plugin!r} ({component.plugin}) built a {type(built).__name__} that lacks "
+                f"{', '.join(missing) or 'the ' + expected.__name__ + ' protocol'}; see latentdub.toolkit.protocols.{expected.__name__}"
+            )
         self._built[stage] = built
         return built

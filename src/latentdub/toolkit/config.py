@@ -124,13 +124,3 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         return v
 
     return plain(config)
-
-
-def describe_fields(cls: type) -> list[tuple[str, str, Any]]:
-    """(name, type, default) for each field of a config dataclass, for docs and `presets show`."""
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else None
-        out.append((f.name, _type_name(hints[f.name]), default))
-    return out

@@ -9,7 +9,6 @@ per-frame numbers (boxes, landmarks, alignment matrices), never images.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np

@@ -93,10 +93,6 @@ class _State:
 _state = _State()
 
 
-def _plugin_name(plugin: Any) -> str:
-    return getattr(plugin, "__name__", None) or type(plugin).__name__
-
-
 def get_plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, loading built-in and entry-point plugins once."""
     with _state.lock:
