@@ -188,6 +188,21 @@ def test_colour_matching_reduces_the_seam(scene):
     assert seam_error(color_match="lab") < 0.4 * plain
 
 
+def test_colour_matching_steadies_a_flickering_renderer(scene):
+    """A renderer whose brightness flickers frame to frame: per-frame matching to the frame removes the flicker."""
+    frame, lm, alignment = scene["frame"], scene["landmarks"], scene["alignment"]
+    alpha = full_mask(build("soft"), frame.shape[:2], lm)
+    core = alpha > 0.98
+    flicker = [np.clip(scene["crop"].astype(np.float32) * (1.0 + 0.15 * (-1) ** t), 0, 255).astype(np.uint8) for t in range(8)]
+
+    def frame_to_frame_change(color_match: str) -> float:
+        compositor = build("soft", color_match=color_match)
+        means = [compositor.composite(frame, crop, alignment, lm)[core].mean() for crop in flicker]
+        return float(np.abs(np.diff(means)).mean())
+
+    assert frame_to_frame_change("mean_std") < 0.2 * frame_to_frame_change("none")
+
+
 def test_poisson_blend_keeps_outside_and_removes_the_cast(scene):
     frame, lm, alignment = scene["frame"], scene["landmarks"], scene["alignment"]
     cast = np.clip(scene["crop"].astype(np.float32) + [30, -10, -20], 0, 255).astype(np.uint8)
