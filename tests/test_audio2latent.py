@@ -174,7 +174,7 @@ def test_neural_renderer_prepares_identity_and_renders_crops(preset, crops):
 
 
 def test_renderer_moves_only_the_motion_layers(preset, crops):
-    renderer = Components(resolve_preset(preset), log=lambda m: None)["renderer"]
+    renderer = Components(resolve_preset(preset, ["renderer.identity=per_frame"]), log=lambda m: None)["renderer"]
     w_id = renderer.prepare(crops, np.zeros((4, 68, 2), np.float32))
     basis = np.zeros((2, 8, 64), np.float32)
     basis[0, 1, :] = 1.0
@@ -193,6 +193,23 @@ def test_renderer_moves_only_the_motion_layers(preset, crops):
     absolute = Motion("wplus", np.full((3, 8, 64), 7.0, np.float32), 25.0, {"layers": (5,)})
     w = renderer.latents(absolute, np.array([0, 1]), w_src)
     assert (w[:, 5] == 7).all() and torch.equal(w[:, :5], w_src[:, :5])
+
+
+def test_subspace_mode_swaps_only_the_motion_component(preset, crops):
+    """identity=subspace: the source keeps everything outside V; inside V its own motion becomes the predicted one."""
+    renderer = Components(resolve_preset(preset, ["renderer.identity=subspace"]), log=lambda m: None)["renderer"]
+    w_id = renderer.prepare(crops, np.zeros((4, 68, 2), np.float32))
+    q, _ = torch.linalg.qr(torch.randn(8 * 64, 3, generator=torch.Generator().manual_seed(0)))
+    basis = q.T.reshape(3, 8, 64).numpy()  # orthonormal rows over every layer
+    codes = np.array([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0]], np.float32)
+    motion = Motion("wplus-offset", codes, 25.0, {"basis": basis, "base": "identity"})
+    w_src = w_id[None] + torch.randn(2, 8, 64)
+    w = renderer.latents(motion, np.array([0, 1]), w_src)
+    flat_b = torch.from_numpy(basis.reshape(3, -1))
+    inside = lambda x: (x.reshape(2, -1) @ flat_b.T)  # noqa: E731 - coordinates in V
+    outside = lambda x: x.reshape(2, -1) - inside(x) @ flat_b  # noqa: E731 - the rest
+    torch.testing.assert_close(inside(w - w_id[None]), torch.from_numpy(codes), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(outside(w), outside(w_src), atol=1e-4, rtol=1e-4)
 
 
 def test_renderer_refuses_an_encoder_generator_mismatch(preset):

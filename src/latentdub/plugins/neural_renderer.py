@@ -14,6 +14,11 @@ is the identity (``extra["base"] == "identity"``):
   ``w_src(t)``; the layers the motion moves (``extra["layers"]``, all when
   absent) become ``w_I + o_t``, every other layer keeps ``w_src(t)`` so head
   pose and lighting follow the footage;
+* ``identity: subspace`` (dubbing, compact motion only): the source frame's
+  own motion is swapped for the predicted one inside the motion subspace V:
+  ``w_src(t) - V^T V (w_src(t) - w_I) + o_t``; everything of the source
+  outside the subspace (identity detail, pose, lighting) is kept, on every
+  layer. Falls back to ``per_frame`` for motion without a basis;
 * ``identity: reference`` (the paper's animate mode): ``w_I + o_t`` on every
   layer.
 
@@ -39,13 +44,14 @@ class NeuralRendererConfig:
     """Settings of the neural renderer.
 
     ``batch_size``: crops rendered per generator call; ``identity``:
+    ``subspace`` (swap only the source's component in the motion subspace),
     ``per_frame`` (non-moving layers from each source frame's inversion:
     pose and lighting follow the footage) or ``reference`` (the identity
-    latent everywhere, as in the paper).
+    latent everywhere, as in the paper); see the module docstring.
     """
 
     batch_size: int = 8
-    identity: Literal["per_frame", "reference"] = "per_frame"
+    identity: Literal["subspace", "per_frame", "reference"] = "subspace"
 
 
 @hookimpl
@@ -130,13 +136,18 @@ class NeuralRenderer:
         w_id = self.identity.to(self.device)
         n_styles, dim = w_id.shape
         basis = motion.extra.get("basis")
+        flat_basis = None
         if basis is not None:
             b = torch.from_numpy(np.asarray(basis, np.float32)).to(self.device)
-            codes = (codes @ b.reshape(b.shape[0], -1)).reshape(len(idx), n_styles, dim)
+            flat_basis = b.reshape(b.shape[0], -1)  # [k, L*D], orthonormal rows
+            codes = (codes @ flat_basis).reshape(len(idx), n_styles, dim)
         if tuple(codes.shape[1:]) != (n_styles, dim):
             raise PluginError(f"renderer 'neural': motion latents {tuple(codes.shape[1:])} do not fit the encoder's W+ [{n_styles}, {dim}]")
+        if self.config.identity == "subspace" and flat_basis is not None and motion.kind == "wplus-offset" and motion.extra.get("base") == "identity":
+            own = ((w_src - w_id[None]).reshape(len(idx), -1) @ flat_basis.T) @ flat_basis  # V^T V (w_src - w_I)
+            return w_src - own.reshape(len(idx), n_styles, dim) + codes
         layers = list(motion.extra.get("layers", range(n_styles)))
-        per_frame = self.config.identity == "per_frame"
+        per_frame = self.config.identity != "reference"
         if motion.kind == "wplus":
             moved = codes
         elif motion.extra.get("base") == "identity" or not per_frame:
@@ -151,7 +162,7 @@ class NeuralRenderer:
         """Crops uint8 ``[B, S, S, 3]`` -> rendered faces uint8 ``[B, S, S, 3]`` for output frames ``frames``."""
         import torch
 
-        w_src = self.invert(crops) if self.config.identity == "per_frame" else None
+        w_src = self.invert(crops) if self.config.identity != "reference" else None
         with torch.inference_mode():
             w = self.latents(motion, frames, w_src)
             images = self.generator.synthesize(w)
