@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -63,3 +64,16 @@ def test_plugins_lists_builtins():
     result = run("plugins")
     assert result.exit_code == 0
     assert "latentdub.plugins.dlib_detector" in result.output
+
+
+def test_public_api_mirrors_the_commands():
+    import inspect
+
+    import latentdub
+
+    for name in ("dub", "animate", "tune", "prepare_dataset", "train", "evaluate", "batch", "resolve_preset"):
+        assert callable(getattr(latentdub, name)), name
+    assert "preset" in inspect.signature(latentdub.dub).parameters
+    assert "overrides" in inspect.signature(latentdub.train).parameters
+    with pytest.raises(AttributeError):
+        latentdub.no_such_function  # noqa: B018
