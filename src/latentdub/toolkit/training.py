@@ -250,8 +250,9 @@ class Objective:
                     s_idx.append(int(s))
             if b_idx:
                 target_w = latents[b_idx, s_idx]  # [N, L, D]
-                pred_w = target_w.clone()
-                pred_w[:, self.layers] = moved[b_idx, s_idx]
+                # as the renderer's `subspace` mode: the target's own motion inside V is swapped for the prediction
+                own = self.model.project(target_w) - self.model.project(identity[b_idx])  # [N, k]
+                pred_w = target_w + self.model.expand(coeffs.float()[b_idx, s_idx] - own).to(target_w.dtype)
                 with torch.no_grad():
                     target = self.generator.synthesize(target_w)
                 pred = self.generator.synthesize(pred_w)
