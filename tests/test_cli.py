@@ -77,3 +77,12 @@ def test_public_api_mirrors_the_commands():
     assert "overrides" in inspect.signature(latentdub.train).parameters
     with pytest.raises(AttributeError):
         latentdub.no_such_function  # noqa: B018
+
+
+def test_doctor_reports_what_works(tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTDUB_CACHE", str(tmp_path))
+    result = run("doctor")
+    assert result.exit_code == 0, result.output
+    assert "ffmpeg version" in result.output and "device auto ->" in result.output
+    assert "psp_ffhq_encode, audio2latent" in result.output  # each missing weight named once
+    assert "using the offline preview backend" in result.output

@@ -27,6 +27,7 @@ COMMANDS = {
     "batch": "latentdub.commands.batch:batch_command",
     "weights": "latentdub.commands.weights:weights",
     "plugins": "latentdub.commands.info:plugins_command",
+    "doctor": "latentdub.commands.info:doctor_command",
     "presets": "latentdub.commands.info:presets_group",
 }
 

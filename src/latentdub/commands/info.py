@@ -47,3 +47,31 @@ def presets_show(name: str) -> None:
     from ..toolkit.presets import resolve_preset
 
     click.echo(resolve_preset(name).to_yaml(), nl=False)
+
+
+@click.command("doctor")
+def doctor_command() -> None:
+    """Report what works on this machine: device, ffmpeg, detectors, weights, and what `--preset auto` picks."""
+    import os
+    import platform
+    import subprocess
+
+    import torch
+
+    from ..toolkit import weights
+    from ..toolkit.devices import resolve_device
+    from ..toolkit.plugins import failed_plugins, plugin_report
+    from ..toolkit.presets import choose_auto_preset
+    from ..toolkit.video import ffmpeg_exe
+
+    click.echo(f"python {platform.python_version()}, torch {torch.__version__}; device auto -> {resolve_device('auto')}")
+    version = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+    click.echo(f"ffmpeg: {version or 'not runnable'} ({ffmpeg_exe()})")
+    folder = os.environ.get("LATENTDUB_INSIGHTFACE_DIR")
+    click.echo(f"insightface models: {folder if folder else 'no folder (set LATENTDUB_INSIGHTFACE_DIR or detector.model_dir)'}")
+    specs = weights.all_weights()
+    present = [name for name in specs if weights.locate(name) is not None]
+    click.echo(f"weights: {len(present)}/{len(specs)} present{': ' + ', '.join(present) if present else ''} (cache {weights.cache_dir()})")
+    rows = plugin_report()
+    click.echo(f"plugins: {sum(r['status'] == 'ok' for r in rows)} loaded, {len(failed_plugins())} failed")
+    choose_auto_preset(lambda message: click.echo(message))

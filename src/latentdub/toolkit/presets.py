@@ -276,7 +276,7 @@ def missing_weights(preset: Preset) -> list[str]:
             weights.resolve(str(name), offline=True)
         except MissingWeightsError:
             missing.append(str(name))
-    return missing
+    return list(dict.fromkeys(missing))
 
 
 def choose_auto_preset(log=print) -> str:
