@@ -64,7 +64,6 @@ class LazyGroup(click.Group):
                 return _unavailable(name, exc)
         return self._plugin_commands().get(name)
 
-
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
