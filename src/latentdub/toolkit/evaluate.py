@@ -38,7 +38,8 @@ import numpy as np
 
 from .config import config_to_dict, parse_config
 from .context import BuildContext
-from .errors import BadInputError, LatentdubError, MissingWeightsError, OutputError, PluginError
+from .errors import BadInputError, LatentdubError, MissingWeightsError, PluginError
+from .files import check_writable_file
 from .types import Face, Frame
 
 #: Metric names run by default, in table order.
@@ -445,15 +446,7 @@ def to_dict(evaluation: Evaluation) -> dict[str, Any]:
 
 def check_report_path(path: Path) -> Path:
     """Fail before any work when a report cannot be written to ``path``."""
-    path = Path(path).expanduser()
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder; give a file name for the report")
-    if not folder.is_dir():
-        raise OutputError(f"{path}: folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK):
-        raise OutputError(f"{path}: folder {folder} is not writable; choose another path")
-    return path
+    return check_writable_file(path, "report.json")
 
 
 def _write_atomic(path: Path, text: str) -> Path:

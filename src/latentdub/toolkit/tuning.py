@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -21,7 +20,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .build import Components
-from .errors import BadInputError, ConfigError, NoFaceError, OutputError
+from .errors import BadInputError, ConfigError, NoFaceError
+from .files import check_writable_file
 from .presets import Preset, resolve_preset
 
 
@@ -45,18 +45,6 @@ class TuneSummary:
             out.append(f"LPIPS {s.lpips_before:.4f} -> {s.lpips_after:.4f}, L2 {s.l2_before:.4f} -> {s.l2_after:.4f}, {s.updates} update(s){' (early stop)' if s.early_stop else ''}")
         out.append(f"time: {self.seconds:.1f} s; resolved preset: {self.preset_file}")
         return out
-
-
-def _check_profile_path(out: Path) -> Path:
-    out = Path(out).expanduser()
-    parent = out.parent if str(out.parent) else Path(".")
-    if out.is_dir():
-        raise OutputError(f"{out}: is a folder; give a profile file name such as {out / 'person.profile'}")
-    if not parent.is_dir():
-        raise OutputError(f"{out}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{out}: folder {parent} is not writable; choose another output path")
-    return out
 
 
 def _finetuner(components: Components) -> Any:
@@ -135,7 +123,7 @@ def tune(
     source = Path(source)
     if not source.is_file():
         raise BadInputError(f"{source}: file not found; give an image or a video of the person to tune on")
-    out = _check_profile_path(Path(out))
+    out = check_writable_file(out, "person.profile")
     if not isinstance(preset, Preset):
         preset = resolve_preset(preset, overrides)
     components = Components(preset, log=log)

@@ -19,6 +19,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from .errors import BadInputError, OutputError
+from .files import check_writable_file
 from .types import Frame, VideoInfo
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -152,15 +153,8 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def check_output_path(path: str | Path) -> Path:
-    """Fail early (before any work) if ``path`` cannot be written."""
-    path = Path(path).expanduser()
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder; give a file name such as {path / 'out.mp4'}")
-    if not parent.is_dir():
-        raise OutputError(f"{path}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{path}: folder {parent} is not writable; choose another output path")
+    """Fail early (before any work) if the video ``path`` cannot be written."""
+    path = check_writable_file(path, "out.mp4")
     if path.suffix.lower() not in (".mp4", ".mov", ".mkv", ".m4v"):
         raise OutputError(f"{path}: unsupported output type {path.suffix or '(none)'}; use .mp4, .mov, .mkv or .m4v")
     return path
