@@ -86,3 +86,10 @@ def test_doctor_reports_what_works(tmp_path, monkeypatch):
     assert "ffmpeg version" in result.output and "device auto ->" in result.output
     assert "psp_ffhq_encode, audio2latent" in result.output  # each missing weight named once
     assert "using the offline preview backend" in result.output
+
+
+def test_transcript_option_keeps_any_text(tmp_path):
+    text = "it's a \"quoted\" line: café"
+    result = run("dub", "a.mp4", "b.wav", "-o", str(tmp_path / "o.mp4"), "--preset", "preview", "--transcript", text, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output)["motion"]["transcript"] == text

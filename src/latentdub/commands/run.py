@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -18,10 +19,16 @@ def _transcript_override(transcript: str | None) -> list[str]:
         return []
     path = Path(transcript)
     text = path.read_text().strip() if path.is_file() else transcript
-    return [f"motion.transcript={text!r}" if "'" not in text else f'motion.transcript="{text}"']
+    return [f"motion.transcript={json.dumps(text)}"]  # a JSON string is a YAML string, whatever quotes the text holds
 
 
-def _report(summary, quiet: bool) -> None:
+def _run(action, source, audio, output, profile, transcript, preset, overrides, device, dry_run, quiet) -> None:
+    """Resolve the preset as the options say, then run ``action`` (pipeline.dub or pipeline.animate)."""
+    log = _log(quiet)
+    resolved = load_preset(preset, tuple(overrides) + tuple(_transcript_override(transcript)), device, log)
+    if maybe_dry_run(resolved, dry_run):
+        return
+    summary = action(source, audio, output, preset=resolved, profile=profile, progress=not quiet, log=log)
     if not quiet:
         for line in summary.lines():
             click.echo(line, err=True)
@@ -38,12 +45,7 @@ def dub_command(video, audio, output, profile, transcript, preset, overrides, de
     """Re-lip-sync VIDEO to the speech in AUDIO and write OUTPUT."""
     from ..toolkit.pipeline import dub
 
-    log = _log(quiet)
-    resolved = load_preset(preset, tuple(overrides) + tuple(_transcript_override(transcript)), device, log)
-    if maybe_dry_run(resolved, dry_run):
-        return
-    summary = dub(video, audio, output, preset=resolved, profile=profile, progress=not quiet, log=log)
-    _report(summary, quiet)
+    _run(dub, video, audio, output, profile, transcript, preset, overrides, device, dry_run, quiet)
 
 
 @click.command("animate")
@@ -57,9 +59,4 @@ def animate_command(image, audio, output, profile, transcript, preset, overrides
     """Animate the portrait IMAGE with the speech in AUDIO and write OUTPUT."""
     from ..toolkit.pipeline import animate
 
-    log = _log(quiet)
-    resolved = load_preset(preset, tuple(overrides) + tuple(_transcript_override(transcript)), device, log)
-    if maybe_dry_run(resolved, dry_run):
-        return
-    summary = animate(image, audio, output, preset=resolved, profile=profile, progress=not quiet, log=log)
-    _report(summary, quiet)
+    _run(animate, image, audio, output, profile, transcript, preset, overrides, device, dry_run, quiet)

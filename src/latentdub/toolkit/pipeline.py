@@ -207,22 +207,25 @@ def _contact_sheet(frames: list[np.ndarray], path: Path) -> Path:
     return path
 
 
-def _load_speech(audio: Path, sample_rate: int, edits) -> Audio:
+def _load_speech(audio: Path, components: Components, summary: RunSummary) -> Audio:
     """Decode the speech at the motion model's rate and apply the preset's ``speech`` edits."""
     from .audio import edit_audio, load_audio
 
-    speech = load_audio(audio, sample_rate=sample_rate)
-    if edits.is_identity:
-        return speech
-    trim = (edits.trim_start, edits.trim_end) if edits.trim_start or edits.trim_end is not None else None
-    return edit_audio(speech, trim=trim, fade_in=edits.fade_in, fade_out=edits.fade_out, target_dbfs=edits.loudness)
+    edits = components.preset.speech
+    with _timed(summary, "audio"):
+        speech = load_audio(audio, sample_rate=int(getattr(components["motion"], "sample_rate", 16000)))
+        if edits.is_identity:
+            return speech
+        trim = (edits.trim_start, edits.trim_end) if edits.trim_start or edits.trim_end is not None else None
+        return edit_audio(speech, trim=trim, fade_in=edits.fade_in, fade_out=edits.fade_out, target_dbfs=edits.loudness)
 
 
-def _prepare_run(output: Path, preset: Preset | str, overrides: Optional[list[str]]) -> tuple[Path, Preset]:
+def _begin_run(output: str | Path, preset: Preset | str, overrides: Optional[list[str]]) -> tuple[Path, Preset, RunSummary]:
+    """Check the output path, resolve the preset and start the run's summary (before any work)."""
     output = check_output_path(output)
     if not isinstance(preset, Preset):
         preset = resolve_preset(preset, overrides)
-    return output, preset
+    return output, preset, RunSummary(output=output, preset_file=preset_path_for(output))
 
 
 def _synthesise(
@@ -303,13 +306,10 @@ def dub(
     from .timing import is_monotonic, plan_timeline, timeline_audio
 
     video, audio = Path(video), Path(audio)
-    output, preset = _prepare_run(Path(output), preset, overrides)
-    summary = RunSummary(output=output, preset_file=preset_path_for(output))
+    output, preset, summary = _begin_run(output, preset, overrides)
     info = probe_video(video)
     components = Components(preset, profile=profile, log=log)
-    motion_model = components["motion"]
-    with _timed(summary, "audio"):
-        speech = _load_speech(audio, int(getattr(motion_model, "sample_rate", 16000)), preset.speech)
+    speech = _load_speech(audio, components, summary)
     fps = float(preset.output.fps or info.fps)
     if abs(fps - info.fps) > 1e-6:
         info = dataclasses.replace(info, fps=fps, n_frames=max(1, int(info.duration * fps + 0.5)))
@@ -393,18 +393,14 @@ def animate(
 
     The output runs at ``output.fps`` (25 when unset) for the speech's length.
     """
-    from .audio import fit_duration
     from .faces import track_still
-    from .timing import n_frames_for
+    from .timing import plan_timeline, timeline_audio
 
     image, audio = Path(image), Path(audio)
-    output, preset = _prepare_run(Path(output), preset, overrides)
-    summary = RunSummary(output=output, preset_file=preset_path_for(output))
+    output, preset, summary = _begin_run(output, preset, overrides)
     picture = read_image(image)
     components = Components(preset, profile=profile, log=log)
-    motion_model = components["motion"]
-    with _timed(summary, "audio"):
-        speech = _load_speech(audio, int(getattr(motion_model, "sample_rate", 16000)), preset.speech)
+    speech = _load_speech(audio, components, summary)
     with _timed(summary, "analyse"):
         tracked = track_still(picture, components["detector"], preset.track)
     if tracked.face is None:
@@ -413,8 +409,10 @@ def animate(
     h, w = picture.shape[0] // 2 * 2, picture.shape[1] // 2 * 2
     picture = np.ascontiguousarray(picture[:h, :w])
     fps = float(preset.output.fps or 25.0)
-    n_out = n_frames_for(speech.duration + preset.timing.audio_offset, fps)
-    speech = fit_duration(speech, n_out / fps, preset.timing.audio_offset)
+    # a one-frame "video" held for as long as the speech lasts
+    timeline = plan_timeline(1, fps, speech.duration, "hold", audio_offset=preset.timing.audio_offset)
+    n_out = timeline.n_frames
+    speech = timeline_audio(speech, timeline)
     summary.frames, summary.fps, summary.audio_seconds = n_out, fps, speech.duration
     from .faces import warp_to_crop
 
