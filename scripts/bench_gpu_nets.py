@@ -30,7 +30,6 @@ import math
 import platform
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(ROOT / "src"))
 
+from latentdub.toolkit.devices import set_tf32, synchronize  # noqa: E402
 from latentdub.nets.psp import PspModel, build_encoder  # noqa: E402
 from latentdub.nets.stylegan2 import Generator, compiled_synthesis  # noqa: E402
 
@@ -46,29 +46,17 @@ from latentdub.nets.stylegan2 import Generator, compiled_synthesis  # noqa: E402
 REFERENCE = {("generator", 1): 102, ("generator", 8): 272, ("generator", 32): 296, ("psp", 32): 637, ("psp bf16", 32): 796}
 
 
-def set_tf32(enabled: bool) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-        torch.backends.cudnn.allow_tf32 = enabled
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device: torch.device, batch: int, min_time: float, min_iters: int, warmup: int) -> float:
     """Images per second of ``fn()`` (after ``warmup`` calls; at least ``min_iters`` and ``min_time`` s)."""
     for _ in range(warmup):
         fn()
-    sync(device)
+    synchronize(device)
     iters, start = 0, time.perf_counter()
     while True:
         fn()
         iters += 1
         if iters >= min_iters:
-            sync(device)
+            synchronize(device)
             elapsed = time.perf_counter() - start
             if elapsed >= min_time:
                 return batch * iters / elapsed
@@ -84,11 +72,11 @@ def profile_table(fn, device: torch.device, iters: int = 3, rows: int = 15) -> s
 
     cuda = device.type == "cuda"
     fn()
-    sync(device)
+    synchronize(device)
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         for _ in range(iters):
             fn()
-        sync(device)
+        synchronize(device)
     events = prof.key_averages()
     if not cuda:
         return events.table(sort_by="self_cpu_time_total", row_limit=rows)
@@ -168,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                     if compiled:
                         t0 = time.perf_counter()
                         run(w)
-                        sync(device)
+                        synchronize(device)
                         last_compile = time.perf_counter() - t0
                         notes.append(f"{name} batch {b}: first call (compile) {last_compile:.0f} s")
                         print(notes[-1], flush=True)

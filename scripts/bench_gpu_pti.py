@@ -31,7 +31,6 @@ import platform
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(ROOT / "src"))
 
+from latentdub.toolkit.devices import set_tf32, synchronize  # noqa: E402
 from latentdub.plugins.pti import PtiConfig, PtiFinetuner, crops_to_tensor  # noqa: E402
 from latentdub.plugins.stylegan2 import StyleGAN2Config, build_stylegan2  # noqa: E402
 from latentdub.toolkit.context import BuildContext  # noqa: E402
@@ -65,18 +65,6 @@ VARIANTS = [
     Variant("fp32 fused_up", "fp32", "fused_up", True, True),
     Variant("bf16 fused_up", "bf16", "fused_up", True, True),
 ]
-
-
-def set_tf32(enabled: bool) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-        torch.backends.cudnn.allow_tf32 = enabled
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def quiet(msg: str) -> None:
@@ -119,12 +107,12 @@ def time_updates(args, variant: Variant, device: torch.device, locality: bool) -
     pivot = gen.latent_avg.reshape(1, 1, -1).expand(1, gen.n_styles, -1).clone()
     ft.tune_weights(nets, pivot, target, lpips)  # warm-up (and compilation)
     timed = PtiFinetuner(dataclasses.replace(ft.config, steps=args.steps), seed=0, log=quiet)
-    sync(device)
+    synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     updates, _ = timed.tune_weights(nets, pivot, target, lpips)
-    sync(device)
+    synchronize(device)
     ms = (time.perf_counter() - start) * 1000 / max(updates, 1)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return ms, peak
@@ -136,10 +124,10 @@ def full_run(args, variant: Variant, device: torch.device, locality: bool) -> tu
     gen, ft = build(args, variant, device, locality, args.identity_steps)
     ft = PtiFinetuner(dataclasses.replace(ft.config, pivot_steps=1), seed=0, log=print)
     with tempfile.TemporaryDirectory() as tmp:
-        sync(device)
+        synchronize(device)
         start = time.perf_counter()
         ft.tune(gen, None, target_image(args.size), Path(tmp) / "bench.profile")
-        sync(device)
+        synchronize(device)
         return time.perf_counter() - start, ft.last_stats.updates
 
 

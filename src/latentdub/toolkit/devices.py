@@ -28,3 +28,23 @@ def resolve_device(name: str = "auto"):
     if name.split(":")[0] not in DEVICE_CHOICES:
         raise BadInputError(f"unknown device {name!r} (choose from {', '.join(DEVICE_CHOICES)})")
     return torch.device(name)
+
+
+def set_tf32(enabled: bool) -> None:
+    """Allow (or forbid) TF32 matrix and convolution maths on CUDA; no effect elsewhere."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def synchronize(device) -> None:
+    """Wait for queued work on ``device`` (CUDA only), e.g. before reading a timer."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
