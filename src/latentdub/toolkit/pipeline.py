@@ -315,7 +315,10 @@ def dub(
         info = dataclasses.replace(info, fps=fps, n_frames=max(1, int(info.duration * fps + 0.5)))
     detector = components["detector"]
     with _timed(summary, "analyse"), _progress(info.n_frames, "analyse", progress) as bar:
-        track = analyse_video(_counting(read_frames(video, fps=fps, info=info), bar), detector, preset.track, n_frames_hint=info.n_frames)
+        track = analyse_video(
+            read_frames(video, fps=fps, info=info), detector, preset.track, n_frames_hint=info.n_frames,
+            progress=lambda done, total: bar.update(done - bar.n),
+        )
     if track.n_with_face == 0:
         raise NoFaceError(f"{video}: no face found in any of {track.n_frames} frames; check the clip shows a frontal face, or try --set detector.plugin=mtcnn")
     if track.n_faces_max > 1:
@@ -344,12 +347,6 @@ def dub(
             source.close()
     preset.write(summary.preset_file)
     return summary
-
-
-def _counting(frames: Iterator[Frame], bar) -> Iterator[Frame]:
-    for frame in frames:
-        bar.update(1)
-        yield frame
 
 
 def _frame_and_face(source: FrameSource, track, index: int) -> tuple[np.ndarray, Optional[TrackedFace]]:
