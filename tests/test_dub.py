@@ -131,3 +131,20 @@ def test_speech_edits_from_the_preset(pair, tmp_path):
     assert -24 < rms < -16
     tail = audio.samples[-int(0.02 * audio.sample_rate):]
     assert np.abs(tail).max() < 0.05  # faded out
+
+
+def test_references_come_from_the_analysis_pass(pair, tmp_path, monkeypatch):
+    """The clip is decoded twice (analysis, synthesis), not a third time for the reference crops."""
+    from latentdub.toolkit import pipeline
+
+    video, speech = pair
+    opened = []
+    real = pipeline.read_frames
+
+    def counting(path, *args, **kwargs):
+        opened.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "read_frames", counting)
+    pipeline.dub(video, speech, tmp_path / "o.mp4", preset="preview", log=lambda m: None)
+    assert len(opened) == 2

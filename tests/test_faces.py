@@ -281,7 +281,7 @@ def test_face_track_contents_and_memory(clip0, dlib_detector):
     assert calls[0] == (1, 75) and calls[-1] == (75, 75)
     assert len(track) == track.n_frames == 75 and track.n_with_face == 75 and track.n_faces_max == 1
     assert 0 <= track.best_frame < 75 and track.status[track.best_frame] == F.DETECTED
-    item = track.faces[5]
+    item = track[5]
     assert item.frame_index == 5 and item.alignment.size == 128
     np.testing.assert_array_equal(item.face.landmarks68, track.landmarks68[5])
     assert [t.frame_index for t in track] == list(range(75))

@@ -333,11 +333,6 @@ class FaceTrack:
     def __iter__(self) -> Iterator[TrackedFace]:
         return (self[i] for i in range(self.n_frames))
 
-    @property
-    def faces(self) -> "FaceTrack":
-        """Per-frame :class:`TrackedFace` sequence (the track itself: indexable, iterable, sized)."""
-        return self
-
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """Half-open [start, end) runs where ``mask`` is True."""

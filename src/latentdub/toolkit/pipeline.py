@@ -315,8 +315,9 @@ def dub(
         info = dataclasses.replace(info, fps=fps, n_frames=max(1, int(info.duration * fps + 0.5)))
     detector = components["detector"]
     with _timed(summary, "analyse"), _progress(info.n_frames, "analyse", progress) as bar:
+        kept = _FrameKeeper(info.n_frames)
         track = analyse_video(
-            read_frames(video, fps=fps, info=info), detector, preset.track, n_frames_hint=info.n_frames,
+            kept.tee(read_frames(video, fps=fps, info=info)), detector, preset.track, n_frames_hint=info.n_frames,
             progress=lambda done, total: bar.update(done - bar.n),
         )
     if track.n_with_face == 0:
@@ -331,7 +332,7 @@ def dub(
     with tempfile.TemporaryDirectory(prefix="latentdub-") as tmp:
         workdir = Path(tmp)
         with _timed(summary, "references"):
-            references = _video_references(video, info, track, preset.track.crop_size)
+            references = _video_references(video, info, track, kept.images)
         source_index = timeline.source_index
         # ping-pong steps back one frame at a time: serve it from a disk cache
         random_access = timeline.policy == "pingpong" and not is_monotonic(timeline)
@@ -352,27 +353,49 @@ def dub(
 def _frame_and_face(source: FrameSource, track, index: int) -> tuple[np.ndarray, Optional[TrackedFace]]:
     index = min(index, track.n_frames - 1)
     frame = source.get(index)
-    return frame.image, track.faces[min(frame.index, track.n_frames - 1)]
+    return frame.image, track[min(frame.index, track.n_frames - 1)]
 
 
-def _video_references(video: Path, info, track, crop_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Aligned crops ``[N, S, S, 3]`` and crop landmarks ``[N, P, 2]`` spread over the clip."""
+class _FrameKeeper:
+    """Keeps the images of ``2 * N_REFERENCES`` evenly spaced frames while pass 1 streams (memory stays flat)."""
+
+    def __init__(self, n_frames_hint: int) -> None:
+        self.wanted = set(np.linspace(0, max(n_frames_hint - 1, 0), num=2 * N_REFERENCES).round().astype(int).tolist())
+        self.images: dict[int, np.ndarray] = {}
+
+    def tee(self, frames: Iterator[Frame]) -> Iterator[Frame]:
+        """Pass ``frames`` through, keeping the wanted ones."""
+        for frame in frames:
+            if frame.index in self.wanted:
+                self.images[frame.index] = frame.image
+            yield frame
+
+
+def _video_references(video: Path, info, track, kept: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned crops ``[N, S, S, 3]`` and crop landmarks ``[N, P, 2]`` spread over the clip.
+
+    Taken from the frames kept during pass 1; only when none of those shows
+    the face (a face in a small part of the clip) is the clip decoded again.
+    """
     from .faces import warp_to_crop
 
-    with_face = [t.frame_index for t in track.faces if t.face is not None]
-    picks = sorted(set(np.array(with_face)[np.linspace(0, len(with_face) - 1, num=min(N_REFERENCES, len(with_face))).round().astype(int)].tolist()))
-    crops, lms = [], []
-    reader = read_frames(video, fps=info.fps, info=info)
-    try:
-        for frame in reader:
-            if frame.index in picks:
-                tracked = track.faces[frame.index]
-                crops.append(warp_to_crop(frame.image, tracked.alignment))
-                lms.append(tracked.alignment.apply(_landmarks(tracked.face)))
-            if frame.index >= picks[-1]:
-                break
-    finally:
-        reader.close()
+    images = {i: image for i, image in kept.items() if track[i].face is not None}
+    if not images:
+        with_face = [t.frame_index for t in track if t.face is not None]
+        picks = set(np.array(with_face)[np.linspace(0, len(with_face) - 1, num=min(N_REFERENCES, len(with_face))).round().astype(int)].tolist())
+        reader = read_frames(video, fps=info.fps, info=info)
+        try:
+            for frame in reader:
+                if frame.index in picks:
+                    images[frame.index] = frame.image
+                if frame.index >= max(picks):
+                    break
+        finally:
+            reader.close()
+    chosen = sorted(images)
+    chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, num=min(N_REFERENCES, len(chosen))).round().astype(int)]
+    crops = [warp_to_crop(images[i], track[i].alignment) for i in chosen]
+    lms = [track[i].alignment.apply(_landmarks(track[i].face)) for i in chosen]
     return np.stack(crops), np.stack(lms)
 
 
