@@ -104,16 +104,31 @@ def get_plugin_manager() -> pluggy.PluginManager:
             try:
                 pm.register(importlib.import_module(modname), name=modname)
             except Exception as exc:  # a broken built-in is reported like any plugin
-                _record_failure(modname, exc)
+                _state.failed.append(_failure(modname, exc))
         _load_entry_points(pm)
         _state.pm = pm
         return pm
 
 
-def _record_failure(name: str, exc: BaseException) -> None:
-    _state.failed.append(
-        FailedPlugin(name, f"{type(exc).__name__}: {exc}".splitlines()[0], traceback.format_exc())
-    )
+def _failure(name: str, exc: BaseException) -> FailedPlugin:
+    """A :class:`FailedPlugin` for the exception being handled (call inside ``except``)."""
+    return FailedPlugin(name, f"{type(exc).__name__}: {exc}".splitlines()[0], traceback.format_exc())
+
+
+def call_each(hook_name: str, make_register: Callable[[str], Callable[..., None]]) -> list[FailedPlugin]:
+    """Call every implementation of a ``register_*`` hook, one plugin at a time, in registration order.
+
+    Built-ins come first, so a later plugin registering the same name wins.
+    ``make_register(plugin_name)`` gives the ``register`` callback handed to
+    that plugin. A plugin whose hook raises is skipped and returned as failed.
+    """
+    failures = []
+    for impl in getattr(get_plugin_manager().hook, hook_name).get_hookimpls():
+        try:
+            impl.function(register=make_register(impl.plugin_name))
+        except Exception as exc:  # a broken plugin is reported, not fatal
+            failures.append(_failure(impl.plugin_name, exc))
+    return failures
 
 
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
@@ -129,7 +144,7 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         try:
             pm.register(ep.load(), name=ep.name)
         except Exception as exc:
-            _record_failure(ep.name, exc)
+            _state.failed.append(_failure(ep.name, exc))
 
 
 def failed_plugins() -> list[FailedPlugin]:
@@ -157,30 +172,24 @@ def unregister_plugin(name: str) -> None:
 
 def components() -> dict[str, dict[str, Component]]:
     """All registered components: ``{kind: {name: Component}}`` (aliases included)."""
-    pm = get_plugin_manager()
+    get_plugin_manager()
     with _state.lock:
         if _state.components is not None:
             return _state.components
         table: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
         _state.register_failed = []
-        for plugin_name, plugin in pm.list_name_plugin():
-            for kind, hook_name in KINDS.items():
-                impl = getattr(plugin, hook_name, None)
-                if impl is None:
-                    continue
+        for kind, hook_name in KINDS.items():
 
-                def register(name, factory, config=NoConfig, summary="", aliases=(), _k=kind, _p=plugin_name):
-                    entry = Component(_k, name, factory, config, summary or (factory.__doc__ or "").strip().split("\n")[0], _p, tuple(aliases))
-                    # later registrations (third-party plugins) override built-ins of the same name
+            def make_register(plugin_name: str, kind: str = kind) -> Callable[..., None]:
+                def register(name, factory, config=NoConfig, summary="", aliases=()):
+                    doc = summary or (factory.__doc__ or "").strip().split("\n")[0]
+                    entry = Component(kind, name, factory, config, doc, plugin_name, tuple(aliases))
                     for key in (name, *aliases):
-                        table[_k][key] = entry
+                        table[kind][key] = entry
 
-                try:
-                    impl(register=register)
-                except Exception as exc:
-                    _state.register_failed.append(
-                        FailedPlugin(plugin_name, f"{type(exc).__name__}: {exc}".splitlines()[0], traceback.format_exc())
-                    )
+                return register
+
+            _state.register_failed += call_each(hook_name, make_register)
         _state.components = table
         return table
 

@@ -31,7 +31,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 from .errors import BadInputError, MissingWeightsError
 
@@ -137,26 +137,23 @@ def all_weights() -> dict[str, WeightSpec]:
     test) overrides a built-in of the same name; see :func:`duplicate_weights`.
     A plugin whose hook raises is skipped and listed in :func:`failed_weight_plugins`.
     """
-    from .plugins import get_plugin_manager
+    from .plugins import call_each
 
-    pm = get_plugin_manager()
     specs: dict[str, WeightSpec] = {}
     duplicates: list[Duplicate] = []
-    failures: list[tuple[str, str]] = []
-    for impl in pm.hook.register_weights.get_hookimpls():
-        plugin = impl.plugin_name
 
-        def register(spec: WeightSpec, _plugin: str = plugin) -> None:
-            spec = dataclasses.replace(_check_spec(spec), plugin=_plugin)
+    def make_register(plugin: str) -> Callable[[WeightSpec], None]:
+        def register(spec: WeightSpec) -> None:
+            spec = dataclasses.replace(_check_spec(spec), plugin=plugin)
             if spec.name in specs:
-                duplicates.append(Duplicate(spec.name, specs[spec.name].plugin, _plugin))
+                duplicates.append(Duplicate(spec.name, specs[spec.name].plugin, plugin))
             specs[spec.name] = spec
 
-        try:
-            impl.function(register=register)
-        except Exception as exc:  # a broken plugin is reported, not fatal
-            failures.append((plugin, f"{type(exc).__name__}: {exc}".splitlines()[0]))
-            log.warning("plugin %s failed to register weights: %s", plugin, failures[-1][1])
+        return register
+
+    failures = [(f.name, f.error) for f in call_each("register_weights", make_register)]
+    for plugin, error in failures:
+        log.warning("plugin %s failed to register weights: %s", plugin, error)
     _last.specs = dict(sorted(specs.items()))
     _last.duplicates = duplicates
     _last.failures = failures
