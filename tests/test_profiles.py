@@ -15,16 +15,11 @@ from latentdub.toolkit.errors import BadInputError, NoFaceError
 from latentdub.toolkit.presets import resolve_preset
 from latentdub.toolkit.profiles import apply_profile, load_profile, read_profile_meta, save_profile
 
-TINY = [
-    "generator.size=32", "generator.channel_max=32", "generator.n_mlp=2",
-    "encoder.output_size=32", "encoder.input_size=64",
-    "finetuner.lpips_random_backbone=true", "finetuner.lpips_net=alex",
-    "finetuner.lr=0.003", "finetuner.steps=3", "finetuner.lpips_threshold=0.0",
-]
+from .test_pti import TINY as PTI_TINY
+from .test_pti import _quiet
 
-
-def _quiet(msg: str) -> None:
-    pass
+#: The PTI tests' tiny stack, with fewer tuning steps.
+TINY = [*PTI_TINY, "finetuner.steps=3"]
 
 
 def generator(seed: int = 0):
