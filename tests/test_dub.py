@@ -148,3 +148,22 @@ def test_references_come_from_the_analysis_pass(pair, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "read_frames", counting)
     pipeline.dub(video, speech, tmp_path / "o.mp4", preset="preview", log=lambda m: None)
     assert len(opened) == 2
+
+
+def test_references_fall_back_to_decoding_when_no_kept_frame_shows_the_face(pair):
+    """If none of the frames kept in pass 1 has the face, the reference frames are decoded from the clip."""
+    from latentdub.toolkit import pipeline
+    from latentdub.toolkit.faces import analyse_video
+    from latentdub.toolkit.plugins import get_component
+    from latentdub.toolkit.presets import TrackConfig
+
+    video = pair[0]
+    comp = get_component("detector", "dlib")
+    info = probe_video(video)
+    track = analyse_video(read_frames(video), comp.factory(comp.config(), None), TrackConfig(crop_size=64))
+    crops, lms = pipeline._video_references(video, info, track, kept={})
+    assert crops.shape == (pipeline.N_REFERENCES, 64, 64, 3) and lms.shape == (pipeline.N_REFERENCES, 68, 2)
+    kept = {i: f.image for f in read_frames(video) for i in [f.index] if i in (0, 40)}
+    from_kept, _ = pipeline._video_references(video, info, track, kept=kept)
+    assert len(from_kept) == 2
+    np.testing.assert_array_equal(from_kept[0], crops[0])  # frame 0 is the first pick either way

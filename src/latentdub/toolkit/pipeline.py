@@ -27,7 +27,7 @@ from .build import Components
 from .errors import NoFaceError, PluginError
 from .presets import Preset, resolve_preset
 from .types import Audio, Frame, Motion, TrackedFace
-from .video import VideoWriter, check_output_path, probe_video, read_frames, read_image
+from .video import VideoWriter, check_output_path, probe_video, read_frames, read_frames_at, read_image
 
 #: Reference crops handed to ``Renderer.prepare`` (spread over the clip).
 N_REFERENCES = 8
@@ -356,6 +356,11 @@ def _frame_and_face(source: FrameSource, track, index: int) -> tuple[np.ndarray,
     return frame.image, track[min(frame.index, track.n_frames - 1)]
 
 
+def _spread(indices: list[int], n: int = N_REFERENCES) -> list[int]:
+    """At most ``n`` of the sorted ``indices``, evenly spread over them."""
+    return [indices[i] for i in sorted(set(np.linspace(0, len(indices) - 1, num=min(n, len(indices))).round().astype(int).tolist()))]
+
+
 class _FrameKeeper:
     """Keeps the images of ``2 * N_REFERENCES`` evenly spaced frames while pass 1 streams (memory stays flat)."""
 
@@ -381,19 +386,8 @@ def _video_references(video: Path, info, track, kept: dict[int, np.ndarray]) -> 
 
     images = {i: image for i, image in kept.items() if track[i].face is not None}
     if not images:
-        with_face = [t.frame_index for t in track if t.face is not None]
-        picks = set(np.array(with_face)[np.linspace(0, len(with_face) - 1, num=min(N_REFERENCES, len(with_face))).round().astype(int)].tolist())
-        reader = read_frames(video, fps=info.fps, info=info)
-        try:
-            for frame in reader:
-                if frame.index in picks:
-                    images[frame.index] = frame.image
-                if frame.index >= max(picks):
-                    break
-        finally:
-            reader.close()
-    chosen = sorted(images)
-    chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, num=min(N_REFERENCES, len(chosen))).round().astype(int)]
+        images = read_frames_at(video, _spread([t.frame_index for t in track if t.face is not None]), info)
+    chosen = _spread(sorted(images))
     crops = [warp_to_crop(images[i], track[i].alignment) for i in chosen]
     lms = [track[i].alignment.apply(_landmarks(track[i].face)) for i in chosen]
     return np.stack(crops), np.stack(lms)

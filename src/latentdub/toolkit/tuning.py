@@ -75,7 +75,7 @@ def _video_crops(source: Path, components: Components, size: int, k: int, progre
     from latentdub.plugins.pti import select_keyframes
 
     from .faces import analyse_video, ffhq_alignment, warp_to_crop
-    from .video import probe_video, read_frames
+    from .video import probe_video, read_frames, read_frames_at
 
     info = probe_video(source)
     with tqdm(total=info.n_frames, desc="analyse", unit="frame", disable=not progress, leave=False, dynamic_ncols=True) as bar:
@@ -86,16 +86,8 @@ def _video_crops(source: Path, components: Components, size: int, k: int, progre
     if track.n_with_face == 0:
         raise NoFaceError(f"{source}: no face found in any of {track.n_frames} frames; check the clip shows a frontal face, or try --set detector.plugin=mtcnn")
     picks = select_keyframes(track, k)
-    crops: dict[int, np.ndarray] = {}
-    reader = read_frames(source, fps=info.fps, info=info)
-    try:
-        for frame in reader:
-            if frame.index in picks:
-                crops[frame.index] = warp_to_crop(frame.image, ffhq_alignment(track.landmarks5[frame.index], size))
-            if frame.index >= picks[-1]:
-                break
-    finally:
-        reader.close()
+    images = read_frames_at(source, picks, info)
+    crops = {i: warp_to_crop(image, ffhq_alignment(track.landmarks5[i], size)) for i, image in images.items()}
     picks = [i for i in picks if i in crops]
     return np.stack([crops[i] for i in picks]), picks, track.n_frames
 

@@ -138,6 +138,25 @@ def read_frames(path: str | Path, fps: Optional[float] = None, start_frame: int 
                 stream.close()
 
 
+def read_frames_at(path: str | Path, indices, info: Optional[VideoInfo] = None) -> dict[int, np.ndarray]:
+    """Images of the frames ``indices`` (at the file's rate), decoding no further than the last one."""
+    info = info or probe_video(path)
+    wanted = set(int(i) for i in indices)
+    images: dict[int, np.ndarray] = {}
+    if not wanted:
+        return images
+    reader = read_frames(path, fps=info.fps, info=info)
+    try:
+        for frame in reader:
+            if frame.index in wanted:
+                images[frame.index] = frame.image
+            if frame.index >= max(wanted):
+                break
+    finally:
+        reader.close()
+    return images
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """A still image as uint8 RGB ``[H, W, 3]``; raises :class:`BadInputError` if unreadable."""
     from PIL import Image, UnidentifiedImageError
