@@ -353,8 +353,7 @@ def prepare_clip(clip: ClipSource, components: Any, batch_size: int) -> tuple[np
     preset = components.preset
     info = probe_video(clip.video)
     track = analyse_video(read_frames(clip.video, info=info), components["detector"], preset.track, n_frames_hint=info.n_frames)
-    if track.n_with_face == 0:
-        raise NoFaceError(f"{clip.video}: no face found in any of {track.n_frames} frames")
+    track.require_face(clip.video)
     encoder, features = components["encoder"], components["audio_features"]
     n, size = track.n_frames, int(encoder.size)
     valid = (track.status != NO_FACE).astype(np.uint8)

@@ -9,6 +9,7 @@ per-frame numbers (boxes, landmarks, alignment matrices), never images.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
@@ -317,6 +318,15 @@ class FaceTrack:
     def n_with_face(self) -> int:
         """Frames that have a target face (detected, refitted or bridged)."""
         return int(np.count_nonzero(self.status != NO_FACE))
+
+    def require_face(self, source: Path) -> "FaceTrack":
+        """The track itself, or :class:`NoFaceError` naming ``source`` when no frame has a face."""
+        if self.n_with_face == 0:
+            raise NoFaceError(
+                f"{source}: no face found in any of {self.n_frames} frames; "
+                "check the clip shows a frontal face, or try --set detector.plugin=mtcnn"
+            )
+        return self
 
     def __len__(self) -> int:
         return self.n_frames

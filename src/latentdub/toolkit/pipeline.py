@@ -320,8 +320,7 @@ def dub(
             kept.tee(read_frames(video, fps=fps, info=info)), detector, preset.track, n_frames_hint=info.n_frames,
             progress=lambda done, total: bar.update(done - bar.n),
         )
-    if track.n_with_face == 0:
-        raise NoFaceError(f"{video}: no face found in any of {track.n_frames} frames; check the clip shows a frontal face, or try --set detector.plugin=mtcnn")
+    track.require_face(video)
     if track.n_faces_max > 1:
         summary.notes.append(f"up to {track.n_faces_max} faces per frame; dubbing the {preset.track.select} one (track.select)")
     info = dataclasses.replace(info, n_frames=track.n_frames)

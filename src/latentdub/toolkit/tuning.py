@@ -83,8 +83,7 @@ def _video_crops(source: Path, components: Components, size: int, k: int, progre
             read_frames(source, fps=info.fps, info=info), components["detector"], components.preset.track,
             n_frames_hint=info.n_frames, progress=lambda done, total: bar.update(done - bar.n),
         )
-    if track.n_with_face == 0:
-        raise NoFaceError(f"{source}: no face found in any of {track.n_frames} frames; check the clip shows a frontal face, or try --set detector.plugin=mtcnn")
+    track.require_face(source)
     picks = select_keyframes(track, k)
     images = read_frames_at(source, picks, info)
     crops = {i: warp_to_crop(image, ffhq_alignment(track.landmarks5[i], size)) for i, image in images.items()}
