@@ -4,7 +4,10 @@ Two streaming passes over the footage keep memory flat in clip length:
 
 1. analysis: decode, detect, select and track the target face, smooth its
    landmarks, align (only landmarks are kept, ``O(frames x points)``);
-2. synthesis: decode again, crop each tracked face, render the new mouth in
+2. study (only when the renderer or motion model has ``study``, see
+   :class:`~latentdub.toolkit.protocols.SourceStudent`): decode again and show
+   it every aligned face crop;
+3. synthesis: decode again, crop each tracked face, render the new mouth in
    batches, composite it back, encode; frames without a face pass through.
 
 Speech goes through the motion model once for the whole output timeline
@@ -23,6 +26,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
+from . import protocols
 from .build import Components
 from .errors import NoFaceError, PluginError
 from .presets import Preset, resolve_preset
@@ -31,6 +35,10 @@ from .video import VideoWriter, check_output_path, probe_video, read_frames, rea
 
 #: Reference crops handed to ``Renderer.prepare`` (spread over the clip).
 N_REFERENCES = 8
+#: Crops per ``study`` call in the study pass.
+STUDY_BATCH = 32
+#: Codes of :attr:`RunSummary.frame_kinds`: passed through untouched, dubbed, dubbed by a renderer's fallback path.
+PASSED, DUBBED, FALLBACK = 0, 1, 2
 
 
 @dataclasses.dataclass
@@ -48,13 +56,21 @@ class RunSummary:
     stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     extras: list[Path] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: uint8 ``[frames]``: :data:`PASSED`, :data:`DUBBED` or :data:`FALLBACK` per output frame.
+    frame_kinds: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.uint8))
+
+    @property
+    def frames_by_fallback(self) -> int:
+        """Output frames the renderer drew by its fallback path (counted within ``frames_with_face``)."""
+        return int(np.count_nonzero(self.frame_kinds == FALLBACK))
 
     def lines(self) -> list[str]:
         """Human-readable summary lines for the CLI."""
         total = sum(self.stage_seconds.values())
+        fallback = f" ({self.frames_by_fallback} by the renderer's fallback)" if self.frames_by_fallback else ""
         out = [
             f"wrote {self.output} ({self.frames} frames at {self.fps:g} fps, {self.audio_seconds:.2f} s of speech)",
-            f"faces: {self.frames_with_face}/{self.frames} output frames dubbed, {self.frames_passed_through} passed through untouched",
+            f"faces: {self.frames_with_face}/{self.frames} output frames dubbed{fallback}, {self.frames_passed_through} passed through untouched",
             "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.stage_seconds.items()) + f" (total {total:.2f}s, {self.frames / max(total, 1e-9):.1f} frames/s)",
             f"resolved preset: {self.preset_file}",
         ]
@@ -180,10 +196,11 @@ class _Synthesiser:
             rendered = self.renderer.render(crops, lms, self.motion, frames)
             for (slot, p), crop in zip(todo, rendered):
                 results[slot] = self.compositor.composite(p[1], crop, p[2].alignment, _landmarks(p[2].face))
-        for slot, (_, image, _) in enumerate(self.pending):
+        for slot, (out_index, image, _) in enumerate(self.pending):
             out = results.get(slot, image)
             if slot in results:
                 self.summary.frames_with_face += 1
+                self.summary.frame_kinds[out_index] = DUBBED
             else:
                 self.summary.frames_passed_through += 1
             for write in self.writers:
@@ -252,6 +269,8 @@ def _synthesise(
         motion = motion_model.predict(speech, fps, n_out, identity)
         if len(motion) != n_out:
             raise PluginError(f"motion plugin {preset.stages['motion'].plugin!r} returned {len(motion)} frames, expected {n_out}")
+    summary.notes += [str(n) for n in motion.extra.get("notes", ())]
+    summary.frame_kinds = np.full(n_out, PASSED, np.uint8)
     wav = save_wav(speech, workdir / "speech.wav")
     writer = VideoWriter(output, fps, size, preset.output.crf, preset.output.x264_preset, audio=wav, audio_bitrate=preset.output.audio_bitrate)
     opened = [writer]
@@ -282,6 +301,11 @@ def _synthesise(
             w.abort()
         raise
     summary.extras += [w.path for w in opened[1:]]
+    if isinstance(renderer, protocols.RunReporter):
+        report = renderer.report()
+        summary.notes += list(report.notes)
+        fallback = np.array([t for t in report.fallback if 0 <= t < n_out], np.int64)
+        summary.frame_kinds[fallback[summary.frame_kinds[fallback] == DUBBED]] = FALLBACK
     if preset.output.contact_sheet and sheet_frames:
         summary.extras.append(_contact_sheet(sheet_frames, output.with_name(output.stem + ".contact.png")))
 
@@ -328,6 +352,10 @@ def dub(
     speech = timeline_audio(speech, timeline)
     summary.frames, summary.fps, summary.audio_seconds = timeline.n_frames, fps, speech.duration
     summary.faces_max = track.n_faces_max
+    _study_source(
+        components, lambda: ((f.image, track[f.index]) for f in read_frames(video, fps=fps, info=info) if f.index < track.n_frames),
+        summary, progress, track.n_frames,
+    )
     with tempfile.TemporaryDirectory(prefix="latentdub-") as tmp:
         workdir = Path(tmp)
         with _timed(summary, "references"):
@@ -347,6 +375,43 @@ def dub(
             source.close()
     preset.write(summary.preset_file)
     return summary
+
+
+def _study_source(
+    components: Components, frames: Callable[[], Iterator[tuple[np.ndarray, TrackedFace]]], summary: RunSummary, progress: bool, total: int
+) -> None:
+    """The study pass: show each ``SourceStudent`` among the renderer and motion model every aligned face crop.
+
+    ``frames()`` yields (frame uint8 ``[H, W, 3]``, its tracked face) in
+    source order; it is not called when no component studies.
+    """
+    from .faces import warp_to_crop
+
+    students = [components[s] for s in ("renderer", "motion") if isinstance(components[s], protocols.SourceStudent)]
+    if not students:
+        return
+    crops: list[np.ndarray] = []
+    lms: list[np.ndarray] = []
+    indices: list[int] = []
+
+    def flush() -> None:
+        if crops:
+            batch = (np.stack(crops), np.stack(lms), np.array(indices, np.int64))
+            for student in students:
+                student.study(*batch)
+            crops.clear(), lms.clear(), indices.clear()
+
+    with _timed(summary, "study"), _progress(total, "study", progress) as bar:
+        for image, tracked in frames():
+            bar.update(1)
+            if tracked.face is None:
+                continue
+            crops.append(warp_to_crop(image, tracked.alignment))
+            lms.append(tracked.alignment.apply(_landmarks(tracked.face)))
+            indices.append(tracked.frame_index)
+            if len(crops) >= STUDY_BATCH:
+                flush()
+        flush()
 
 
 def _frame_and_face(source: FrameSource, track, index: int) -> tuple[np.ndarray, Optional[TrackedFace]]:
@@ -431,6 +496,7 @@ def animate(
 
     crop = warp_to_crop(picture, tracked.alignment)
     references = (crop[None], tracked.alignment.apply(_landmarks(tracked.face))[None])
+    _study_source(components, lambda: iter([(picture, tracked)]), summary, progress, 1)
     with tempfile.TemporaryDirectory(prefix="latentdub-") as tmp:
         _synthesise(
             components=components, summary=summary, output=output, fps=fps, size=(w, h), n_out=n_out, speech=speech,

@@ -12,7 +12,7 @@ from typing import Any, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
-from .types import Alignment, Audio, Face, Motion
+from .types import Alignment, Audio, Face, Motion, RenderReport
 
 
 @runtime_checkable
@@ -88,6 +88,30 @@ class Renderer(Protocol):
 
     def render(self, crops: np.ndarray, landmarks: np.ndarray, motion: Motion, frames: np.ndarray) -> np.ndarray:
         """Crops uint8 ``[B, S, S, 3]``, landmarks ``[B, P, 2]``, output frame indices ``[B]`` -> uint8 ``[B, S, S, 3]``."""
+
+
+@runtime_checkable
+class SourceStudent(Protocol):
+    """Optional capability of a renderer or motion model: it studies the source before ``prepare``.
+
+    When the built renderer or motion model has ``study``, the pipeline runs
+    a study pass after tracking: every source frame with a tracked face, in
+    frame order and in batches, as aligned crops uint8 ``[B, S, S, 3]``, their
+    crop landmarks ``[B, P, 2]`` and source frame indices int64 ``[B]``.
+    ``animate`` shows the one portrait. The component keeps what it needs,
+    bounded in memory (disk for large clips).
+    """
+
+    def study(self, crops: np.ndarray, landmarks: np.ndarray, frames: np.ndarray) -> None:
+        """Look at one batch of aligned source crops (see the class docstring)."""
+
+
+@runtime_checkable
+class RunReporter(Protocol):
+    """Optional capability of a renderer: what it tells the run summary after the last frame."""
+
+    def report(self) -> RenderReport:
+        """Notes and the output frames it served by a fallback path."""
 
 
 @runtime_checkable

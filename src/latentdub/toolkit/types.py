@@ -153,6 +153,9 @@ class Motion:
       identity latent w_I, otherwise to each frame's own inverted latent;
     * ``"mouth"``: float32 ``[T, 3]`` mouth shape (opening, width, protrusion),
       opening and width relative to inter-ocular distance, 0 = closed/neutral.
+
+    ``extra["notes"]`` (list of str), when present, is copied into the run
+    summary (for example a fallback the model took and why).
     """
 
     kind: str
@@ -162,3 +165,16 @@ class Motion:
 
     def __len__(self) -> int:
         return int(self.codes.shape[0])
+
+
+@dataclass(frozen=True)
+class RenderReport:
+    """What a renderer reports after a run.
+
+    ``notes``: one line each for the run summary; ``fallback``: output frame
+    index -> short reason, for frames it drew by a fallback path (for example
+    a target shape its bank cannot serve).
+    """
+
+    notes: tuple[str, ...] = ()
+    fallback: dict[int, str] = field(default_factory=dict)
