@@ -19,6 +19,7 @@ from latentdub.nets.checkpoints import load_generator
 from latentdub.nets.nvidia_pkl import convert_nvidia_state_dict, generator_from_nvidia, load_nvidia_pkl
 from latentdub.nets.stylegan2 import (Generator, ModulatedConv2d, Upsample, compiled_synthesis, load_rosinality_checkpoint, load_safetensors,
                                       save_safetensors, upfirdn2d)
+from latentdub.toolkit.config import parse_config
 from latentdub.toolkit.context import BuildContext
 from latentdub.toolkit.errors import BadInputError, ConfigError, MissingWeightsError
 
@@ -366,8 +367,8 @@ def test_plugin_loads_checkpoint_by_path_with_options(tmp_path):
     assert low.dtype == torch.float32 and (low - ref).abs().mean() < 0.05
     assert small.size == 16 and small.synthesize(w).shape == (5, 3, 16, 16)
     assert base.fingerprint() == bf16.fingerprint()
-    with pytest.raises(ConfigError, match="truncation"):
-        build_stylegan2(StyleGAN2Config(checkpoint="tiny.pt", truncation=0.0), context(tmp_path))
+    with pytest.raises(ConfigError, match=r"generator.truncation: 0.0 is out of range \(allowed: > 0 and <= 1\)"):
+        parse_config(StyleGAN2Config, {"checkpoint": "tiny.pt", "truncation": 0.0}, "generator")
     with pytest.raises(ConfigError, match="random_init"):
         build_stylegan2(StyleGAN2Config(checkpoint=None), context(tmp_path))
 

@@ -16,10 +16,11 @@ The network comes from a checkpoint written by ``latentdub train``
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 
+from latentdub.toolkit.config import WEIGHT_FILE, Range
 from latentdub.toolkit.errors import BadInputError, ConfigError, MissingWeightsError, PluginError
 from latentdub.toolkit.hookspecs import hookimpl
 from latentdub.toolkit.training import TrainConfig
@@ -48,20 +49,20 @@ class Audio2LatentConfig:
     decoder's 3 dense layers. ``train``: training hyperparameters.
     """
 
-    checkpoint: Optional[str] = None
+    checkpoint: Annotated[Optional[str], WEIGHT_FILE] = None
     random_init: bool = False
-    gain: float = 1.0
-    window: int = 250
-    overlap: int = 25
-    batch: int = 8
-    layers: tuple[int, ...] = tuple(range(8))
-    components: int = 64
-    conv_channels: tuple[int, ...] = (64, 128, 256)
-    audio_dim: int = 256
+    gain: Annotated[float, Range(ge=0, le=10)] = 1.0
+    window: Annotated[int, Range(ge=1)] = 250
+    overlap: Annotated[int, Range(ge=0)] = 25
+    batch: Annotated[int, Range(ge=1)] = 8
+    layers: tuple[Annotated[int, Range(ge=0)], ...] = tuple(range(8))
+    components: Annotated[int, Range(ge=1)] = 64
+    conv_channels: tuple[Annotated[int, Range(ge=1)], ...] = (64, 128, 256)
+    audio_dim: Annotated[int, Range(ge=1)] = 256
     rnn: Literal["lstm", "gru"] = "lstm"
-    rnn_layers: int = 1
+    rnn_layers: Annotated[int, Range(ge=1, le=8)] = 1
     bidirectional: bool = True
-    hidden: int = 512
+    hidden: Annotated[int, Range(ge=1)] = 512
     train: TrainConfig = TrainConfig()
 
     def spec(self, n_styles: int, latent_dim: int, window: int, coeffs: int) -> Any:
@@ -96,12 +97,7 @@ def register_weights(register):
 
 
 def build_audio2latent(config: Audio2LatentConfig, context: Any) -> "Audio2LatentMotion":
-    """Factory: checks the config, builds the audio features stage and loads the checkpoint."""
-    for name in ("window", "batch", "components", "audio_dim", "hidden", "rnn_layers"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"motion.{name}: must be >= 1, got {getattr(config, name)}")
-    if config.overlap < 0:
-        raise ConfigError(f"motion.overlap: must be >= 0, got {config.overlap}")
+    """Factory: builds the audio features stage and loads the checkpoint."""
     if config.checkpoint is None and not config.random_init:
         raise MissingWeightsError(
             "motion.checkpoint: not set; train a model with `latentdub train DATASET -o RUN` and pass "

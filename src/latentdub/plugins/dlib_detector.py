@@ -15,10 +15,11 @@ import dataclasses
 import importlib.util
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import numpy as np
 
+from latentdub.toolkit.config import WEIGHT_FILE, Range
 from latentdub.toolkit.errors import MissingWeightsError
 from latentdub.toolkit.faces import five_from_68
 from latentdub.toolkit.hookspecs import hookimpl
@@ -40,10 +41,10 @@ class DlibConfig:
     the packaged one.
     """
 
-    upsample: int = 0
-    min_score: float = 0.5
-    max_side: int = 640
-    predictor: Optional[Path] = None
+    upsample: Annotated[int, Range(ge=0, le=3)] = 0
+    min_score: Annotated[float, Range(ge=0, le=1)] = 0.5
+    max_side: Annotated[int, Range(ge=0)] = 640
+    predictor: Annotated[Optional[Path], WEIGHT_FILE] = None
 
 
 def model_file(name: str) -> Path:

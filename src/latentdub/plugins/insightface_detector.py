@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
+from latentdub.toolkit.config import Range
 from latentdub.toolkit.errors import MissingWeightsError
 from latentdub.toolkit.hookspecs import hookimpl
 from latentdub.toolkit.types import Face
@@ -40,8 +42,8 @@ class InsightfaceConfig:
     """
 
     model_dir: Path
-    det_size: int = 640
-    min_score: float = 0.5
+    det_size: Annotated[int, Range(ge=64, le=2048)] = 640
+    min_score: Annotated[float, Range(ge=0, le=1)] = 0.5
     dense: bool = True
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import ClassVar, Literal, Optional
+from typing import Annotated, ClassVar, Literal, Optional
 
 import numpy as np
 
 from latentdub.toolkit import metrics as M
+from latentdub.toolkit.config import WEIGHT_FILE, Range
 from latentdub.toolkit.errors import BadInputError
 from latentdub.toolkit.hookspecs import hookimpl
 from latentdub.toolkit.weights import WeightSpec
@@ -43,7 +44,7 @@ class RegionConfig:
     """
 
     region: Literal["frame", "face"] = "frame"
-    crop_size: int = 256
+    crop_size: Annotated[int, Range(ge=32, le=2048)] = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,7 @@ class PsnrConfig(RegionConfig):
     """PSNR settings; ``cap_db``: value (dB) reported for identical images."""
 
     columns: ClassVar[tuple[str, ...]] = ("PSNR",)
-    cap_db: float = M.PSNR_CAP_DB
+    cap_db: Annotated[float, Range(gt=0, le=1000)] = M.PSNR_CAP_DB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +93,8 @@ class FidConfig(RegionConfig):
     """
 
     columns: ClassVar[tuple[str, ...]] = ("FID",)
-    weights: str = FID_WEIGHTS
-    batch_size: int = 32
+    weights: Annotated[str, WEIGHT_FILE] = FID_WEIGHTS
+    batch_size: Annotated[int, Range(ge=1)] = 32
     random_init: bool = False
 
 
@@ -109,10 +110,10 @@ class LseConfig:
     """
 
     columns: ClassVar[tuple[str, ...]] = ("LSE-D", "LSE-C")
-    weights: str = SYNCNET_WEIGHTS
-    vshift: int = 15
-    crop_scale: float = 0.4
-    batch_size: int = 16
+    weights: Annotated[str, WEIGHT_FILE] = SYNCNET_WEIGHTS
+    vshift: Annotated[int, Range(ge=0, le=100)] = 15
+    crop_scale: Annotated[float, Range(ge=0, le=2)] = 0.4
+    batch_size: Annotated[int, Range(ge=1)] = 16
     random_init: bool = False
 
 

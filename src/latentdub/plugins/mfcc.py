@@ -16,11 +16,12 @@ is treated as silence, so any ``n_frames`` works for any fps.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
-from latentdub.toolkit.errors import BadInputError
+from latentdub.toolkit.config import Range
+from latentdub.toolkit.errors import BadInputError, ConfigError
 from latentdub.toolkit.hookspecs import hookimpl
 from latentdub.toolkit.types import Audio
 
@@ -40,13 +41,23 @@ class MfccConfig:
     coefficient (statistics over the speech, not the padding).
     """
 
-    sample_rate: int = 16000
-    n_mfcc: int = 12
-    window: int = 28
-    hop_ms: float = 10.0
-    win_ms: float = 25.0
-    n_mels: int = 40
+    sample_rate: Annotated[int, Range(ge=4000, le=192000)] = 16000
+    n_mfcc: Annotated[int, Range(ge=1, le=128)] = 12
+    window: Annotated[int, Range(ge=1)] = 28
+    hop_ms: Annotated[float, Range(gt=0, le=1000)] = 10.0
+    win_ms: Annotated[float, Range(gt=0, le=1000)] = 25.0
+    n_mels: Annotated[int, Range(ge=2, le=256)] = 40
     normalise: bool = True
+
+    def check(self, where: str) -> None:
+        """The hop is whole samples, the window covers a hop, and the coefficients kept come from the mel bands (c0 is dropped)."""
+        hop = self.sample_rate * self.hop_ms / 1000.0
+        if hop < 1 or abs(hop - round(hop)) > 1e-6:
+            raise ConfigError(f"{where}.hop_ms: {self.hop_ms} ms is not a whole number of samples at {self.sample_rate} Hz")
+        if self.win_ms < self.hop_ms:
+            raise ConfigError(f"{where}.win_ms: {self.win_ms} must be >= {where}.hop_ms ({self.hop_ms})")
+        if self.n_mfcc >= self.n_mels:
+            raise ConfigError(f"{where}.n_mfcc: {self.n_mfcc} must be below {where}.n_mels ({self.n_mels}); c0 is dropped from n_mels coefficients")
 
 
 @hookimpl
@@ -55,7 +66,7 @@ def register_audio_features(register):
 
 
 def build_mfcc(config: MfccConfig, context: Any) -> "MfccFeatures":
-    """Factory: validates the config and returns :class:`MfccFeatures`."""
+    """Factory: returns :class:`MfccFeatures`."""
     return MfccFeatures(config)
 
 
@@ -63,19 +74,10 @@ class MfccFeatures:
     """``compute(audio, fps, n_frames)`` -> float32 ``[n_frames, window, n_mfcc]``."""
 
     def __init__(self, config: MfccConfig = MfccConfig()) -> None:
-        for name in ("sample_rate", "n_mfcc", "window", "n_mels"):
-            if getattr(config, name) < 1:
-                raise BadInputError(f"audio_features.{name}: must be >= 1, got {getattr(config, name)}")
-        hop = config.sample_rate * config.hop_ms / 1000.0
-        if hop < 1 or abs(hop - round(hop)) > 1e-6:
-            raise BadInputError(f"audio_features.hop_ms: {config.hop_ms} ms is not a whole number of samples at {config.sample_rate} Hz")
-        if config.win_ms < config.hop_ms:
-            raise BadInputError(f"audio_features.win_ms: must be >= hop_ms ({config.hop_ms}), got {config.win_ms}")
-        if config.n_mfcc + 1 > config.n_mels:
-            raise BadInputError(f"audio_features.n_mfcc: at most n_mels - 1 = {config.n_mels - 1}, got {config.n_mfcc}")
+        config.check("audio_features")
         self.config = config
         self.sample_rate = config.sample_rate
-        self.hop = int(round(hop))
+        self.hop = int(round(config.sample_rate * config.hop_ms / 1000.0))
         self.win = int(round(config.sample_rate * config.win_ms / 1000.0))
 
     def mfcc(self, samples: np.ndarray) -> np.ndarray:

@@ -7,9 +7,12 @@ corners; image-left first) per face; no dense landmarks.
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 import numpy as np
 
+from latentdub.toolkit.config import Range
+from latentdub.toolkit.errors import ConfigError
 from latentdub.toolkit.hookspecs import hookimpl
 from latentdub.toolkit.types import Face
 
@@ -24,10 +27,15 @@ class MtcnnConfig:
     final probability is below this.
     """
 
-    min_face_size: int = 40
-    thresholds: tuple[float, ...] = (0.6, 0.7, 0.7)
-    factor: float = 0.709
-    min_score: float = 0.9
+    min_face_size: Annotated[int, Range(ge=12)] = 40
+    thresholds: tuple[Annotated[float, Range(ge=0, le=1)], ...] = (0.6, 0.7, 0.7)
+    factor: Annotated[float, Range(gt=0, lt=1)] = 0.709
+    min_score: Annotated[float, Range(ge=0, le=1)] = 0.9
+
+    def check(self, where: str) -> None:
+        """One threshold per MTCNN stage."""
+        if len(self.thresholds) != 3:
+            raise ConfigError(f"{where}.thresholds: {list(self.thresholds)} must hold 3 values (P-, R- and O-net), e.g. [0.6, 0.7, 0.7]")
 
 
 class MtcnnDetector:

@@ -30,11 +30,12 @@ latents, used on the moving layers the same way.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 
-from latentdub.toolkit.errors import BadInputError, ConfigError, PluginError
+from latentdub.toolkit.config import Range
+from latentdub.toolkit.errors import BadInputError, PluginError
 from latentdub.toolkit.hookspecs import hookimpl
 from latentdub.toolkit.types import Motion
 
@@ -50,7 +51,7 @@ class NeuralRendererConfig:
     latent everywhere, as in the paper); see the module docstring.
     """
 
-    batch_size: int = 8
+    batch_size: Annotated[int, Range(ge=1)] = 8
     identity: Literal["subspace", "per_frame", "reference"] = "subspace"
 
 
@@ -61,8 +62,6 @@ def register_renderers(register):
 
 def build_neural(config: NeuralRendererConfig, context: Any) -> "NeuralRenderer":
     """Factory: builds the encoder and generator stages and checks they share a W+ shape."""
-    if config.batch_size < 1:
-        raise ConfigError(f"renderer.batch_size: must be >= 1, got {config.batch_size}")
     encoder, generator = context.build("encoder"), context.build("generator")
     if int(encoder.n_styles) != int(generator.n_styles):
         raise PluginError(f"renderer: encoder makes {encoder.n_styles} styles but the generator takes {generator.n_styles}; pair an encoder with its generator")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
+from latentdub.toolkit.config import WEIGHT_FILE, PowerOfTwo, Range
 from latentdub.toolkit.hookspecs import hookimpl
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -27,23 +28,23 @@ class PspConfig:
     ``precision``: autocast dtype; ``channels_last``: NHWC convs; ``batch_size``: images per pass.
     """
 
-    checkpoint: Optional[str] = "psp_ffhq_encode"
+    checkpoint: Annotated[Optional[str], WEIGHT_FILE] = "psp_ffhq_encode"
     random_init: bool = False
-    output_size: int = 64
-    style_dim: int = 512
+    output_size: Annotated[int, PowerOfTwo(ge=8, le=2048)] = 64
+    style_dim: Annotated[int, Range(ge=1)] = 512
     tiny: bool = True
     num_layers: Literal[50, 100, 152] = 50
-    input_size: int = 256
+    input_size: Annotated[int, Range(ge=32, le=1024)] = 256
     precision: Precision = "fp32"
     channels_last: bool = False
-    batch_size: int = 8
+    batch_size: Annotated[int, Range(ge=1)] = 8
 
 
 @dataclasses.dataclass(frozen=True)
 class E4eConfig(PspConfig):
     """Settings of the e4e encoder (as ``psp``; default weights ``e4e_ffhq_encode``)."""
 
-    checkpoint: Optional[str] = "e4e_ffhq_encode"
+    checkpoint: Annotated[Optional[str], WEIGHT_FILE] = "e4e_ffhq_encode"
 
 
 @hookimpl
@@ -70,12 +71,8 @@ def _build(config: PspConfig, context, encoder_type: str) -> "PspEncoder":
     from latentdub.nets.psp import PspModel, build_encoder, load_psp_checkpoint
     from latentdub.toolkit.errors import ConfigError
 
-    if config.batch_size < 1:
-        raise ConfigError(f"encoder.batch_size: {config.batch_size} must be >= 1")
     if config.random_init:
-        log2 = int(round(math.log2(max(config.output_size, 1))))
-        if config.output_size < 8 or 2**log2 != config.output_size:
-            raise ConfigError(f"encoder.output_size: {config.output_size} must be a power of two >= 8")
+        log2 = int(round(math.log2(config.output_size)))
         shape = {"units": TINY_UNITS, "widths": TINY_WIDTHS, "style_width": TINY_STYLE_WIDTH} if config.tiny else {"num_layers": config.num_layers}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(context.seed + 1)

@@ -27,10 +27,11 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import numpy as np
 
+from latentdub.toolkit.config import WEIGHT_FILE, Range
 from latentdub.toolkit.hookspecs import hookimpl
 from latentdub.toolkit.perceptual import BACKBONES
 from latentdub.toolkit.weights import WeightSpec
@@ -64,30 +65,30 @@ class PtiConfig:
     """
 
     pivots: Literal["encoder", "optimise_w", "optimise_wplus"] = "encoder"
-    pivot_steps: int = 450
-    pivot_lr: float = 0.005
-    noise_reg: float = 1e5
-    steps: int = 350
-    lr: float = 3e-4
-    lpips_threshold: float = 0.06
-    l2_weight: float = 1.0
-    lpips_weight: float = 1.0
+    pivot_steps: Annotated[int, Range(ge=1)] = 450
+    pivot_lr: Annotated[float, Range(gt=0, le=1)] = 0.005
+    noise_reg: Annotated[float, Range(ge=0)] = 1e5
+    steps: Annotated[int, Range(ge=1)] = 350
+    lr: Annotated[float, Range(gt=0, le=1)] = 3e-4
+    lpips_threshold: Annotated[float, Range(ge=0)] = 0.06
+    l2_weight: Annotated[float, Range(ge=0)] = 1.0
+    lpips_weight: Annotated[float, Range(ge=0)] = 1.0
     locality: bool = False
-    locality_weight: float = 0.1
-    locality_alpha: float = 30.0
-    locality_every: int = 1
-    locality_truncation: float = 0.5
-    keyframes: int = 8
-    batch_size: int = 1
+    locality_weight: Annotated[float, Range(ge=0)] = 0.1
+    locality_alpha: Annotated[float, Range(gt=0)] = 30.0
+    locality_every: Annotated[int, Range(ge=1)] = 1
+    locality_truncation: Annotated[float, Range(gt=0, le=1)] = 0.5
+    keyframes: Annotated[int, Range(ge=1)] = 8
+    batch_size: Annotated[int, Range(ge=1)] = 1
     lpips_net: Literal["vgg", "alex"] = "vgg"
-    lpips_weights: Optional[str] = None
+    lpips_weights: Annotated[Optional[str], WEIGHT_FILE] = None
     lpips_random_backbone: bool = False
-    lpips_size: int = 256
+    lpips_size: Annotated[int, Range(ge=32, le=1024)] = 256
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
     store: Literal["delta", "full"] = "delta"
     half: bool = False
-    seed: Optional[int] = None
+    seed: Optional[Annotated[int, Range(ge=0)]] = None
 
 
 @hookimpl
@@ -113,19 +114,7 @@ def register_weights(register):
 
 
 def build_pti(config: PtiConfig, context: Any) -> "PtiFinetuner":
-    """Factory: validates ``config`` and checks the LPIPS backbone is on disk; networks are built when :meth:`PtiFinetuner.tune` runs."""
-    from latentdub.toolkit.errors import ConfigError
-
-    positive = {"steps": config.steps, "batch_size": config.batch_size, "keyframes": config.keyframes, "locality_every": config.locality_every, "lpips_size": config.lpips_size}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"finetuner.{key}: {value} must be >= 1")
-    if config.pivots != "encoder" and config.pivot_steps < 1:
-        raise ConfigError(f"finetuner.pivot_steps: {config.pivot_steps} must be >= 1 for pivots={config.pivots}")
-    if config.lr <= 0 or config.pivot_lr <= 0:
-        raise ConfigError("finetuner.lr / finetuner.pivot_lr: learning rates must be > 0")
-    if not 0.0 < config.locality_truncation <= 1.0:
-        raise ConfigError(f"finetuner.locality_truncation: {config.locality_truncation} must be in (0, 1]")
+    """Factory: checks the LPIPS backbone is on disk; networks are built when :meth:`PtiFinetuner.tune` runs."""
     if not config.lpips_random_backbone:  # fail before any work when the LPIPS backbone is missing
         from latentdub.toolkit.perceptual import find_backbone
 

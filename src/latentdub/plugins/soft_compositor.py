@@ -10,11 +10,12 @@ mask is 0 is returned bit-identical to the input frame.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
 
+from latentdub.toolkit.config import Range
 from latentdub.toolkit.errors import BadInputError
 from latentdub.toolkit.hookspecs import hookimpl
 from latentdub.toolkit.masks import Region, region_mask
@@ -31,11 +32,11 @@ class SoftCompositorConfig:
     #: Face region replaced: 'mouth' (lips), 'lower_face' (jaw, lips, below the nostrils) or 'face'.
     region: Region = "lower_face"
     #: Outward growth of the region's convex hull, in IOD.
-    dilate: float = 0.05
+    dilate: Annotated[float, Range(ge=0, le=1)] = 0.05
     #: Gaussian sigma of the soft edge, in IOD; the mask reaches 0 at 3 sigma beyond the grown hull.
-    feather: float = 0.12
+    feather: Annotated[float, Range(ge=0, le=1)] = 0.12
     #: Extra room below the jaw line for a lowered chin, in IOD ('lower_face' and 'face').
-    jaw_margin: float = 0.25
+    jaw_margin: Annotated[float, Range(ge=0, le=2)] = 0.25
     #: Colour transfer from frame to crop, measured in the feather band: 'none', 'mean_std' (RGB) or 'lab'.
     color_match: Literal["none", "mean_std", "lab"] = "mean_std"
     #: Poisson-blend (cv2.seamlessClone, NORMAL_CLONE) inside the mask before the alpha blend.

@@ -7,8 +7,9 @@ FFHQ StyleGAN2, pSp, e4e, the IR-SE50 backbone).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
+from latentdub.toolkit.config import WEIGHT_FILE, PowerOfTwo, Range
 from latentdub.toolkit.hookspecs import hookimpl
 from latentdub.toolkit.weights import WeightSpec
 
@@ -35,19 +36,19 @@ class StyleGAN2Config:
     None keeps ``size``. ``compile``: wrap inference in ``torch.compile`` (slow first call).
     """
 
-    checkpoint: Optional[str] = "stylegan2-ffhq-config-f"
+    checkpoint: Annotated[Optional[str], WEIGHT_FILE] = "stylegan2-ffhq-config-f"
     random_init: bool = False
-    size: int = 64
-    channel_multiplier: int = 2
-    channel_max: int = 32
-    style_dim: int = 512
-    n_mlp: int = 2
-    truncation: float = 1.0
+    size: Annotated[int, PowerOfTwo(ge=8, le=2048)] = 64
+    channel_multiplier: Annotated[int, Range(ge=1, le=8)] = 2
+    channel_max: Annotated[int, Range(ge=1)] = 32
+    style_dim: Annotated[int, Range(ge=1)] = 512
+    n_mlp: Annotated[int, Range(ge=1, le=16)] = 2
+    truncation: Annotated[float, Range(gt=0, le=1)] = 1.0
     precision: Precision = "fp32"
     channels_last: bool = False
-    batch_size: int = 8
+    batch_size: Annotated[int, Range(ge=1)] = 8
     modconv: Literal["auto", "fused_up", "batched", "grouped"] = "auto"
-    resize_to: Optional[int] = None
+    resize_to: Optional[Annotated[int, Range(ge=8, le=4096)]] = None
     allow_pickle: bool = False
     compile: bool = False
 
@@ -116,12 +117,6 @@ def build_stylegan2(config: StyleGAN2Config, context) -> "StyleGAN2Generator":
     from latentdub.nets.stylegan2 import Generator
     from latentdub.toolkit.errors import ConfigError
 
-    if not 0.0 < config.truncation <= 1.0:
-        raise ConfigError(f"generator.truncation: {config.truncation} must be in (0, 1]")
-    if config.batch_size < 1:
-        raise ConfigError(f"generator.batch_size: {config.batch_size} must be >= 1")
-    if config.resize_to is not None and config.resize_to < 1:
-        raise ConfigError(f"generator.resize_to: {config.resize_to} must be a positive size in px")
     if config.random_init:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(context.seed)

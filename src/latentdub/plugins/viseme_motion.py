@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 
+from latentdub.toolkit.config import Range
 from latentdub.toolkit.errors import BadInputError
 from latentdub.toolkit.hookspecs import hookimpl
 from latentdub.toolkit.types import Audio, Motion
@@ -59,9 +60,9 @@ class VisemeConfig:
     method: Literal["auto", "align", "recognize", "energy"] = "auto"
     transcript: Optional[str] = None
     transcript_file: Optional[Path] = None
-    smoothing_ms: float = 40.0
-    gain: float = 1.0
-    latency_ms: float = 0.0
+    smoothing_ms: Annotated[float, Range(ge=0, le=1000)] = 40.0
+    gain: Annotated[float, Range(ge=0, le=10)] = 1.0
+    latency_ms: Annotated[float, Range(ge=-1000, le=1000)] = 0.0
 
 
 @hookimpl

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional
+from typing import Annotated, Optional
 
 import cv2
 import numpy as np
 
+from latentdub.toolkit.config import Range
 from latentdub.toolkit.errors import BadInputError
 from latentdub.toolkit.hookspecs import hookimpl
 from latentdub.toolkit.masks import (
@@ -74,13 +75,13 @@ class WarpRendererConfig:
     """Settings of the landmark-warp renderer (lengths in IOD, the inter-ocular distance)."""
 
     #: Share of an opening change taken by the upper lip; the lower lip and jaw take the rest.
-    upper_share: float = 0.25
+    upper_share: Annotated[float, Range(ge=0, le=1)] = 0.25
     #: Chin displacement per unit of lower-lip displacement.
-    jaw_follow: float = 1.0
+    jaw_follow: Annotated[float, Range(ge=0, le=3)] = 1.0
     #: Largest target opening accepted, in IOD (codes above are clamped).
-    max_opening: float = 0.5
+    max_opening: Annotated[float, Range(gt=0, le=2)] = 0.5
     #: Opacity of the upper-teeth band painted into newly opened mouths (0 = no teeth).
-    teeth: float = 0.8
+    teeth: Annotated[float, Range(ge=0, le=1)] = 0.8
 
 
 def _anchors(points68: np.ndarray) -> np.ndarray:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional
+from typing import Annotated, Any, Literal, Mapping, Optional
 
 import yaml
 
-from .config import config_to_dict, parse_config
+from .config import Pattern, Range, config_to_dict, parse_config
 from .errors import ConfigError
 from .plugins import get_component
 
@@ -36,15 +36,18 @@ STAGES = {
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
     """Encoding of the result: x264 ``crf`` (0-51, lower is better) and ``preset``;
-    ``fps`` None follows the input; ``preview`` writes a side-by-side video beside
-    the output and ``contact_sheet`` a PNG grid of frames."""
+    ``fps`` None follows the input; ``audio_bitrate`` of the AAC track (e.g.
+    ``160k``); ``preview`` writes a side-by-side video beside the output and
+    ``contact_sheet`` a PNG grid of frames; ``overwrite`` lets a run replace
+    existing output files (``--overwrite``), which are otherwise never touched."""
 
-    crf: int = 18
+    crf: Annotated[int, Range(ge=0, le=51)] = 18
     x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = "veryfast"
-    fps: Optional[float] = None
-    audio_bitrate: str = "160k"
+    fps: Optional[Annotated[float, Range(gt=0, le=1000)]] = None
+    audio_bitrate: Annotated[str, Pattern(r"[1-9][0-9]{0,2}k|[1-9][0-9]{3,6}", "a bitrate such as 128k or 192000")] = "160k"
     preview: bool = False
     contact_sheet: bool = False
+    overwrite: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +61,7 @@ class TimingConfig:
     """
 
     length_policy: Literal["trim", "loop", "pingpong", "hold", "pad"] = "pad"
-    audio_offset: float = 0.0
+    audio_offset: Annotated[float, Range(ge=-3600, le=3600)] = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,11 +73,16 @@ class SpeechConfig:
     dBFS (e.g. -20; None leaves the level alone; peaks never clip).
     """
 
-    trim_start: float = 0.0
-    trim_end: Optional[float] = None
-    fade_in: float = 0.0
-    fade_out: float = 0.0
-    loudness: Optional[float] = None
+    trim_start: Annotated[float, Range(ge=0)] = 0.0
+    trim_end: Optional[Annotated[float, Range(gt=0)]] = None
+    fade_in: Annotated[float, Range(ge=0)] = 0.0
+    fade_out: Annotated[float, Range(ge=0)] = 0.0
+    loudness: Optional[Annotated[float, Range(ge=-70, le=0)]] = None
+
+    def check(self, where: str) -> None:
+        """The kept span must not be empty."""
+        if self.trim_end is not None and self.trim_end <= self.trim_start:
+            raise ConfigError(f"{where}.trim_end: {self.trim_end} must be after {where}.trim_start ({self.trim_start})")
 
     @property
     def is_identity(self) -> bool:
@@ -95,12 +103,12 @@ class TrackConfig:
 
     select: Literal["largest", "central", "reference"] = "largest"
     reference_image: Optional[Path] = None
-    smoothing: int = 2
-    min_score: float = 0.6
-    min_size: float = 24.0
-    max_gap: int = 5
-    crop_size: int = 256
-    detect_every: int = 1
+    smoothing: Annotated[int, Range(ge=0, le=50)] = 2
+    min_score: Annotated[float, Range(ge=0, le=1)] = 0.6
+    min_size: Annotated[float, Range(ge=0)] = 24.0
+    max_gap: Annotated[int, Range(ge=0)] = 5
+    crop_size: Annotated[int, Range(ge=32, le=4096)] = 256
+    detect_every: Annotated[int, Range(ge=1, le=100)] = 1
 
 
 CORE_SECTIONS = {"output": OutputConfig, "timing": TimingConfig, "speech": SpeechConfig, "track": TrackConfig}

@@ -32,10 +32,11 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import numpy as np
 
+from .config import WEIGHT_FILE, Range
 from .errors import BadInputError, ConfigError, MissingWeightsError
 
 CSV_COLUMNS = ("step", "loss", "latent", "lpips", "val_loss", "val_latent", "val_lpips", "lr", "seconds")
@@ -64,40 +65,32 @@ class TrainConfig:
     ``mixed_precision``: bf16 autocast on CUDA.
     """
 
-    steps: int = 50000
-    batch_size: int = 16
-    sequence_length: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    latent_weight: float = 1.0
-    lpips_weight: float = 10.0
-    lpips_frames: int = 1
-    lpips_size: int = 256
+    steps: Annotated[int, Range(ge=1)] = 50000
+    batch_size: Annotated[int, Range(ge=1)] = 16
+    sequence_length: Annotated[int, Range(ge=1)] = 32
+    lr: Annotated[float, Range(gt=0, le=1)] = 1e-4
+    weight_decay: Annotated[float, Range(ge=0)] = 0.0
+    grad_clip: Annotated[float, Range(ge=0)] = 1.0
+    latent_weight: Annotated[float, Range(ge=0)] = 1.0
+    lpips_weight: Annotated[float, Range(ge=0)] = 10.0
+    lpips_frames: Annotated[int, Range(ge=1)] = 1
+    lpips_size: Annotated[int, Range(ge=32, le=1024)] = 256
     lpips_net: Literal["vgg", "alex"] = "vgg"
-    lpips_weights: Optional[str] = None
+    lpips_weights: Annotated[Optional[str], WEIGHT_FILE] = None
     lpips_random_backbone: bool = False
-    identity_frames: int = 8
+    identity_frames: Annotated[int, Range(ge=1)] = 8
     pca_center: Literal["clip", "global"] = "clip"
-    pca_frames: int = 50000
-    val_every: int = 1000
-    val_batches: int = 4
-    checkpoint_every: int = 5000
-    keep_checkpoints: int = 3
+    pca_frames: Annotated[int, Range(ge=1)] = 50000
+    val_every: Annotated[int, Range(ge=1)] = 1000
+    val_batches: Annotated[int, Range(ge=1)] = 4
+    checkpoint_every: Annotated[int, Range(ge=1)] = 5000
+    keep_checkpoints: Annotated[int, Range(ge=1)] = 3
     mixed_precision: bool = True
 
-    def check(self) -> None:
-        """Raise :class:`ConfigError` for values out of range."""
-        positive = ("steps", "batch_size", "sequence_length", "lpips_frames", "lpips_size", "identity_frames", "pca_frames",
-                    "val_every", "val_batches", "checkpoint_every", "keep_checkpoints")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"motion.train.{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "weight_decay", "grad_clip", "latent_weight", "lpips_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"motion.train.{name}: must be >= 0, got {getattr(self, name)}")
-        if self.lr == 0 or self.latent_weight + self.lpips_weight == 0:
-            raise ConfigError("motion.train: lr and at least one loss weight must be > 0")
+    def check(self, where: str) -> None:
+        """Raise :class:`ConfigError` unless at least one loss has a weight."""
+        if self.latent_weight + self.lpips_weight == 0:
+            raise ConfigError(f"{where}.latent_weight / {where}.lpips_weight: both are 0; give at least one loss a weight > 0")
 
 
 @dataclasses.dataclass
@@ -376,7 +369,6 @@ def train(
     preset = preset if isinstance(preset, Preset) else resolve_preset(preset, overrides)
     config = _motion_config(preset)
     tc: TrainConfig = config.train
-    tc.check()
     total = int(steps if steps is not None else tc.steps)
     if total < 1:
         raise BadInputError(f"--steps: must be >= 1, got {total}")
