@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------- stand-ins
 
 
-def fake_dub(video, audio, output, preset, overrides, profile, progress, log):
+def fake_dub(video, audio, output, preset, overrides, profile, progress, log, overwrite):
     """Writes a small file naming its inputs; fails like the real pipeline on request.
 
     A video whose name contains ``bad`` is bad input (not retried); an
@@ -49,7 +49,7 @@ def fake_dub(video, audio, output, preset, overrides, profile, progress, log):
     output.write_text(json.dumps({"video": Path(video).name, "audio": Path(audio).name, "profile": str(profile), "preset": str(preset), "set": overrides}))
 
 
-def fake_tune(source, out, preset, overrides, log, progress):
+def fake_tune(source, out, preset, overrides, log, progress, overwrite):
     """Writes a profile naming its source and counts calls in ``tune-calls.txt``."""
     out = Path(out)
     out.write_text(f"profile of {Path(source).name}")
@@ -173,10 +173,10 @@ def test_rerun_skips_verified_clips_and_redoes_changed_or_interrupted_ones(tmp_p
     Journal(journal).append(kind="clip", id="out/3.mp4", status="started", attempt=2, key=done[3]["key"], output=done[3]["output"])
     with open(journal, "a") as f:
         f.write('{"kind": "clip", "id": "out/0.mp4", "sta')  # a line torn by a crash
-    (tmp_path / "dubbed" / "out" / ".2.k3j9.part.mp4").write_bytes(b"half an encode")
+    (tmp_path / "dubbed" / "out" / ".2.mp4.k3j9x7q2.part.mp4").write_bytes(b"half an encode")
     mtime0 = out0.stat().st_mtime_ns
     second = run_batch(manifest, log=_quiet, dub_fn=fake_dub)
-    assert not (tmp_path / "dubbed" / "out" / ".2.k3j9.part.mp4").exists()
+    assert not (tmp_path / "dubbed" / "out" / ".2.mp4.k3j9x7q2.part.mp4").exists()
     assert [c.status for c in second.clips] == ["skipped", "done", "done", "done"]
     assert out0.stat().st_mtime_ns == mtime0
     started = [(r["id"], r["attempt"]) for r in _records(journal) if r["status"] == "started"]

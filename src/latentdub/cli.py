@@ -3,18 +3,27 @@
 Commands are imported on first use and plugins are loaded only when a
 command needs them, so a broken plugin never breaks ``latentdub --help``.
 Errors print one line (``error: ...``) and exit with the code documented in
-:mod:`latentdub.toolkit.errors`.
+:mod:`latentdub.toolkit.errors`; warnings and log lines of third-party
+libraries are kept off the terminal unless ``--debug`` is given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import os
+import signal
 import sys
+import warnings
+from typing import Iterator
 
 import click
 
-from .toolkit.errors import EXIT_CODES, LatentdubError
+from .toolkit.errors import EXIT_CODES, EXIT_INTERRUPTED, LatentdubError
+
+#: Loggers of libraries that print routine chatter (shown with --debug).
+NOISY_LOGGERS = ("torch", "numba", "librosa", "pydub", "onnxruntime", "insightface", "PIL", "matplotlib", "urllib3")
 
 #: Built-in commands: name -> "module:attribute" (imported lazily).
 COMMANDS = {
@@ -65,13 +74,56 @@ class LazyGroup(click.Group):
         return self._plugin_commands().get(name)
 
     def invoke(self, ctx: click.Context):
-        try:
+        debug = bool(ctx.params.get("debug") or os.environ.get("LATENTDUB_DEBUG"))
+        if debug:
             return super().invoke(ctx)
-        except LatentdubError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
+        with _third_party_quiet():
+            try:
+                return super().invoke(ctx)
+            except (click.exceptions.Exit, click.Abort):
                 raise
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+            except LatentdubError as exc:
+                _fail(ctx, str(exc), exc.exit_code)
+            except click.UsageError as exc:  # bad options of a sub-command: one line, not click's usage block
+                where = exc.ctx.command_path if exc.ctx else ctx.command_path
+                _fail(ctx, f"{exc.format_message()} (see `{where} --help`)", exc.exit_code)
+            except click.ClickException as exc:
+                _fail(ctx, exc.format_message(), exc.exit_code)
+            except KeyboardInterrupt:
+                _fail(ctx, "interrupted; partial files were removed", EXIT_INTERRUPTED)
+            except OSError as exc:  # the system refused a file operation no check foresaw (disk full, permissions)
+                where = f"{exc.filename}: " if exc.filename else ""
+                _fail(ctx, f"{where}{exc.strerror or exc}; check free space and permissions", 2)
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                _fail(ctx, f"internal error ({type(exc).__name__}: {first}); this is a bug: rerun with --debug and report the traceback", 1)
+
+
+def _fail(ctx: click.Context, message: str, code: int) -> None:
+    click.echo(f"error: {' '.join(message.split())}", err=True)
+    ctx.exit(code)
+
+
+@contextlib.contextmanager
+def _third_party_quiet() -> Iterator[None]:
+    """Drop warnings (here and in worker processes) and lower :data:`NOISY_LOGGERS` to errors while a command runs."""
+    loggers = {name: logging.getLogger(name) for name in NOISY_LOGGERS}
+    levels = {name: logger.level for name, logger in loggers.items()}
+    env = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = "ignore"  # spawned batch workers inherit it
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for logger in loggers.values():
+                logger.setLevel(logging.ERROR)
+            yield
+    finally:
+        for name, logger in loggers.items():
+            logger.setLevel(levels[name])
+        if env is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = env
 
 
 def _unavailable(name: str, exc: Exception) -> click.Command:
@@ -88,15 +140,20 @@ def _unavailable(name: str, exc: Exception) -> click.Command:
 
 @click.group(cls=LazyGroup, epilog=EXIT_CODE_HELP)
 @click.version_option(package_name="latentdub")
-@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and third-party warnings instead of one-line errors.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Re-lip-sync talking-head video to new speech (StyleGAN2 latent-space dubbing)."""
     ctx.obj = {"debug": debug or bool(os.environ.get("LATENTDUB_DEBUG"))}
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point."""
+    """Console entry point; SIGTERM stops a run as Ctrl-C does (partial files removed, exit 130)."""
+    signal.signal(signal.SIGTERM, _interrupt)
     cli.main(args=argv, prog_name="latentdub")
 
 

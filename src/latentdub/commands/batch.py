@@ -25,8 +25,9 @@ EXIT_SOME_FAILED = 6
 @click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the summary (FILE.csv and FILE.json; default beside the journal).")
 @click.option("--quiet", "-q", is_flag=True, help="Only the final table.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs this batch's journal did not make (its own are redone only when they changed).")
 @click.pass_context
-def batch_command(ctx, manifest, workers, executor, ray_address, retries, preset, overrides, device, summary, quiet):
+def batch_command(ctx, manifest, workers, executor, ray_address, retries, preset, overrides, device, summary, quiet, overwrite):
     """Dub every clip listed in MANIFEST (.yaml or .csv; see docs/batch.md).
 
     A journal beside the outputs records each clip; running the same command
@@ -40,7 +41,7 @@ def batch_command(ctx, manifest, workers, executor, ray_address, retries, preset
     result = run_batch(
         manifest, workers=workers, executor=executor, ray_address=ray_address, retries=retries, preset=preset,
         overrides=[*overrides, *([f"device={device}"] if device else [])], log=log,
-        progress=not quiet and executor == "inline", summary=summary, verbose=not quiet,
+        progress=not quiet and executor == "inline", summary=summary, verbose=not quiet, overwrite=overwrite,
     )
     click.echo("\n".join(result.lines()))
     if not result.ok:

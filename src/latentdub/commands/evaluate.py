@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ def _parse_sets(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
               help="Metric setting, e.g. --set lmd.reduce=sum, --set fid.weights=/path/pt_inception.pth (repeatable).")
 @click.option("--split", default="test", show_default=True, help="Split scored when REFERENCE is a prepared dataset.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not print progress lines.")
-def evaluate_command(generated, reference, json_path, csv_path, metrics, device, detector, max_frames, overrides, split, quiet):
+@click.option("--overwrite", is_flag=True, help="Replace existing --json/--csv reports.")
+def evaluate_command(generated, reference, json_path, csv_path, metrics, device, detector, max_frames, overrides, split, quiet, overwrite):
     """Score GENERATED against REFERENCE: two videos, two folders matched by file
     name, or a folder of clips named by clip id against a prepared dataset's split.
 
@@ -44,23 +46,30 @@ def evaluate_command(generated, reference, json_path, csv_path, metrics, device,
     clip and a mean row (PSNR, SSIM, FID, LMD, LSE-D, LSE-C, CPBD); metrics
     whose weights are missing are shown as unavailable, never dropped.
     """
-    from ..toolkit.evaluate import check_report_path, evaluate, format_table, write_csv, write_json
+    from ..toolkit.evaluate import check_report_path, evaluate, format_table, pair_inputs, write_csv, write_json
+    from ..toolkit.files import check_not_an_input, claim_outputs, same_file
 
-    for path in (csv_path, json_path):
-        if path is not None:
-            check_report_path(path)
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     if not names:
         raise BadInputError("--metrics: give at least one metric name, e.g. --metrics psnr,ssim")
+    reports = [path for path in (csv_path, json_path) if path is not None]
+    if len(reports) == 2 and same_file(*reports):
+        raise BadInputError(f"--csv and --json: both name {csv_path}; give each report its own file")
+    clips, _ = pair_inputs(generated, reference, split)
+    inputs = {f"{role} clip {clip.name}": path for clip in clips for role, path in (("generated", clip.generated), ("reference", clip.reference))}
+    for path in reports:
+        check_not_an_input(path, inputs)
+        check_report_path(path)
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    result = evaluate(
-        generated, reference, metrics=names, device=device, max_frames=max_frames,
-        detector=detector, settings=_parse_sets(overrides), log=log, split=split,
-    )
-    click.echo(format_table(result))
-    if csv_path is not None:
-        write_csv(result, csv_path)
-        log(f"wrote {csv_path}")
-    if json_path is not None:
-        write_json(result, json_path)
-        log(f"wrote {json_path}")
+    with claim_outputs(reports, inputs, overwrite) if reports else contextlib.nullcontext():
+        result = evaluate(
+            generated, reference, metrics=names, device=device, max_frames=max_frames,
+            detector=detector, settings=_parse_sets(overrides), log=log, split=split,
+        )
+        click.echo(format_table(result))
+        if csv_path is not None:
+            write_csv(result, csv_path)
+            log(f"wrote {csv_path}")
+        if json_path is not None:
+            write_json(result, json_path)
+            log(f"wrote {json_path}")

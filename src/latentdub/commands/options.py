@@ -27,6 +27,14 @@ def preset_options(func: Callable) -> Callable:
     return func
 
 
+def overwrite_option(func: Callable) -> Callable:
+    """--overwrite: let the run replace existing output files (never its inputs)."""
+    return click.option(
+        "--overwrite", is_flag=True, default=None,
+        help="Replace existing output files (same as --set output.overwrite=true); inputs are never replaced.",
+    )(func)
+
+
 def load_preset(preset: str, overrides: tuple[str, ...], device: str | None, log: Callable[[str], None]) -> Preset:
     """Resolve the preset named on the command line, with overrides applied."""
     from ..toolkit.presets import choose_auto_preset
@@ -44,4 +52,5 @@ def maybe_dry_run(preset: Preset, dry_run: bool) -> bool:
     return dry_run
 
 
-existing_file = click.Path(exists=False, dir_okay=False, path_type=Path)
+#: A file argument checked by the toolkit (one message for missing, folder, empty and unreadable files).
+input_file = click.Path(path_type=Path)

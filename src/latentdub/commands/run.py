@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import existing_file, load_preset, maybe_dry_run, preset_options
+from .options import input_file, load_preset, maybe_dry_run, overwrite_option, preset_options
 
 
 def _log(quiet: bool):
@@ -22,41 +22,43 @@ def _transcript_override(transcript: str | None) -> list[str]:
     return [f"motion.transcript={json.dumps(text)}"]  # a JSON string is a YAML string, whatever quotes the text holds
 
 
-def _run(action, source, audio, output, profile, transcript, preset, overrides, device, dry_run, quiet) -> None:
+def _run(action, source, audio, output, profile, transcript, preset, overrides, device, dry_run, quiet, overwrite) -> None:
     """Resolve the preset as the options say, then run ``action`` (pipeline.dub or pipeline.animate)."""
     log = _log(quiet)
     resolved = load_preset(preset, tuple(overrides) + tuple(_transcript_override(transcript)), device, log)
     if maybe_dry_run(resolved, dry_run):
         return
-    summary = action(source, audio, output, preset=resolved, profile=profile, progress=not quiet, log=log)
+    summary = action(source, audio, output, preset=resolved, profile=profile, progress=not quiet, log=log, overwrite=overwrite)
     if not quiet:
         for line in summary.lines():
             click.echo(line, err=True)
 
 
 @click.command("dub")
-@click.argument("video", type=existing_file)
-@click.argument("audio", type=existing_file)
+@click.argument("video", type=input_file)
+@click.argument("audio", type=input_file)
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Output video (.mp4).")
 @click.option("--profile", type=click.Path(path_type=Path), default=None, help="Identity profile from `latentdub tune`.")
 @click.option("--transcript", default=None, help="Text (or a text file) of the speech; improves the preview backend's timing.")
 @preset_options
-def dub_command(video, audio, output, profile, transcript, preset, overrides, device, dry_run, quiet):
+@overwrite_option
+def dub_command(video, audio, output, profile, transcript, preset, overrides, device, dry_run, quiet, overwrite):
     """Re-lip-sync VIDEO to the speech in AUDIO and write OUTPUT."""
     from ..toolkit.pipeline import dub
 
-    _run(dub, video, audio, output, profile, transcript, preset, overrides, device, dry_run, quiet)
+    _run(dub, video, audio, output, profile, transcript, preset, overrides, device, dry_run, quiet, overwrite)
 
 
 @click.command("animate")
-@click.argument("image", type=existing_file)
-@click.argument("audio", type=existing_file)
+@click.argument("image", type=input_file)
+@click.argument("audio", type=input_file)
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Output video (.mp4).")
 @click.option("--profile", type=click.Path(path_type=Path), default=None, help="Identity profile from `latentdub tune`.")
 @click.option("--transcript", default=None, help="Text (or a text file) of the speech.")
 @preset_options
-def animate_command(image, audio, output, profile, transcript, preset, overrides, device, dry_run, quiet):
+@overwrite_option
+def animate_command(image, audio, output, profile, transcript, preset, overrides, device, dry_run, quiet, overwrite):
     """Animate the portrait IMAGE with the speech in AUDIO and write OUTPUT."""
     from ..toolkit.pipeline import animate
 
-    _run(animate, image, audio, output, profile, transcript, preset, overrides, device, dry_run, quiet)
+    _run(animate, image, audio, output, profile, transcript, preset, overrides, device, dry_run, quiet, overwrite)

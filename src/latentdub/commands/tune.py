@@ -6,15 +6,16 @@ from pathlib import Path
 
 import click
 
-from .options import existing_file, load_preset, maybe_dry_run, preset_options
+from .options import input_file, load_preset, maybe_dry_run, overwrite_option, preset_options
 from .run import _log
 
 
 @click.command("tune")
-@click.argument("source", metavar="IMAGE_OR_VIDEO", type=existing_file)
+@click.argument("source", metavar="IMAGE_OR_VIDEO", type=input_file)
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Identity profile to write (safetensors), for --profile of dub/animate.")
 @preset_options
-def tune_command(source, output, preset, overrides, device, dry_run, quiet):
+@overwrite_option
+def tune_command(source, output, preset, overrides, device, dry_run, quiet, overwrite):
     """Tune the generator to the person in IMAGE_OR_VIDEO (pivotal tuning) and write the profile OUTPUT."""
     from ..toolkit.tuning import tune
 
@@ -22,7 +23,7 @@ def tune_command(source, output, preset, overrides, device, dry_run, quiet):
     resolved = load_preset(preset, tuple(overrides), device, log)
     if maybe_dry_run(resolved, dry_run):
         return
-    summary = tune(source, output, preset=resolved, progress=not quiet, log=log)
+    summary = tune(source, output, preset=resolved, progress=not quiet, log=log, overwrite=overwrite)
     if not quiet:
         for line in summary.lines():
             click.echo(line, err=True)

@@ -36,6 +36,11 @@ def torch_load(path: Path | str, map_location: Any = "cpu") -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
+        if "Weights only load failed" in str(exc):
+            raise BadInputError(
+                f"{path}: holds pickled Python objects, not just tensors, and unpickling them could run code; "
+                "re-save the weights with torch.save(state_dict) or as .safetensors"
+            ) from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInputError(f"{path}: not a readable tensor checkpoint ({first[:200]}); give a .pt saved with torch.save or a .safetensors file") from exc
 

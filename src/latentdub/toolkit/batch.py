@@ -34,7 +34,8 @@ from typing import Any, Callable, Iterable, Literal, Optional
 
 import yaml
 
-from .errors import BadInputError, LatentdubError, MissingWeightsError, NoFaceError
+from .errors import BadInputError, LatentdubError, MissingWeightsError, NoFaceError, OutputError
+from .files import check_not_an_input, stale_temps, write_text_atomic
 
 MANIFEST_KEYS = ("preset", "set", "outputs", "roots", "identity_sources", "clips")
 CLIP_KEYS = ("id", "video", "audio", "output", "preset", "set", "identity", "profile")
@@ -204,12 +205,30 @@ def load_manifest(path: str | Path) -> Manifest:
     unused = sorted(set(identity_sources) - {c.identity for c in clips})
     if unused:
         raise _bad(path, f"identity_sources.{unused[0]}", "no clip names this identity; fix the spelling or remove it")
+    preset = _preset_ref(data.get("preset"), path, "preset")
+    _check_outputs_are_not_inputs(path, clips, identity_sources, preset)
     return Manifest(
         path=path, folder=folder, outputs=outputs, roots=tuple(roots),
-        preset=_preset_ref(data.get("preset"), path, "preset"),
+        preset=preset,
         overrides=_as_overrides(data.get("set"), path, "set"),
         identity_sources=identity_sources, clips=tuple(clips),
     )
+
+
+def _check_outputs_are_not_inputs(manifest: Path, clips: list[Clip], identity_sources: dict[str, Path], preset: Optional[str]) -> None:
+    """Refuse a manifest where any clip's output is a file some clip, identity or preset reads."""
+    inputs: dict[str, Optional[Path]] = {"manifest": manifest}
+    for name, source in identity_sources.items():
+        inputs[f"identity_sources.{name} source"] = source
+    for c in clips:
+        for key, value in (("video", c.video), ("audio", c.audio), ("profile", c.profile), ("preset", c.preset or preset)):
+            if isinstance(value, Path) or (key == "preset" and value and Path(value).suffix.lower() in (".yaml", ".yml")):
+                inputs.setdefault(f"{key} of {c.where}", Path(value))
+    for c in clips:
+        try:
+            check_not_an_input(c.output, inputs)
+        except OutputError as exc:
+            raise _bad(manifest, c.where, f"output {exc}") from None
 
 
 def _yaml_entries(path: Path, text: str) -> tuple[dict, list[tuple[str, dict]]]:
@@ -369,6 +388,8 @@ class _History:
 
     last: Optional[dict[str, Any]] = None
     attempts: int = 0
+    #: Outputs a run of this batch started writing (so the batch may replace them).
+    written: set[str] = dataclasses.field(default_factory=set)
 
 
 def _histories(records: list[dict[str, Any]], kind: str) -> dict[str, _History]:
@@ -379,6 +400,8 @@ def _histories(records: list[dict[str, Any]], kind: str) -> dict[str, _History]:
         h = out[str(r["id"])]
         h.last = r
         h.attempts = max(h.attempts, int(r.get("attempt") or 0))
+        if r.get("status") in ("started", "done") and r.get("output"):
+            h.written.add(str(r["output"]))
     return out
 
 
@@ -411,6 +434,7 @@ class Task:
     progress: bool = False
     verbose: bool = True
     fn: Optional[Callable[..., Any]] = None
+    overwrite: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -445,11 +469,12 @@ def execute(task: Task, log: Optional[Callable[[str], None]] = None) -> TaskResu
             from .pipeline import dub
 
             (task.fn or dub)(task.video, task.audio, task.output, preset=task.preset, overrides=list(task.overrides),
-                             profile=task.profile, progress=task.progress, log=log)
+                             profile=task.profile, progress=task.progress, log=log, overwrite=task.overwrite)
         else:
             from .tuning import tune
 
-            (task.fn or tune)(task.source, task.output, preset=task.preset, overrides=list(task.overrides), log=log, progress=task.progress)
+            (task.fn or tune)(task.source, task.output, preset=task.preset, overrides=list(task.overrides), log=log,
+                              progress=task.progress, overwrite=task.overwrite)
         if not task.output.is_file():
             raise RuntimeError(f"{task.output} was not written")
         size, sha = file_digest(task.output)
@@ -680,19 +705,13 @@ class BatchSummary:
         writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-        _write_atomic(self.summary_csv, buf.getvalue())
+        write_text_atomic(self.summary_csv, buf.getvalue())
         data = {
             "manifest": str(self.manifest), "journal": str(self.journal), "executor": self.executor, "workers": self.workers,
             "seconds": round(self.seconds, 3), "done": self.count("done"), "skipped": self.count("skipped"),
             "failed": self.count("failed"), "notes": self.notes, "clips": rows,
         }
-        _write_atomic(self.summary_json, json.dumps(data, indent=2) + "\n")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
-    tmp.replace(path)
+        write_text_atomic(self.summary_json, json.dumps(data, indent=2) + "\n")
 
 
 def _summary_paths(manifest: Manifest, summary: Optional[Path]) -> tuple[Path, Path]:
@@ -718,12 +737,7 @@ class _Job:
     seconds: float = 0.0
     profile: Optional[Path] = None
     profile_id: Optional[str] = None
-
-
-def _remove_partial(output: Path) -> None:
-    """Delete encoder temp files (``.STEM.*.part.SUFFIX``, see VideoWriter) an interrupted run left beside ``output``."""
-    for stale in output.parent.glob(f".{output.stem}.*.part{output.suffix}"):
-        stale.unlink(missing_ok=True)
+    overwrite: bool = False
 
 
 def _profile_fingerprint(resolved) -> str:
@@ -750,6 +764,7 @@ def run_batch(
     verbose: bool = True,
     dub_fn: Optional[Callable[..., Any]] = None,
     tune_fn: Optional[Callable[..., Any]] = None,
+    overwrite: bool = False,
 ) -> BatchSummary:
     """Dub every clip of ``manifest``; resumable through its journal.
 
@@ -761,7 +776,9 @@ def run_batch(
     where the CSV/JSON summaries go (default beside the journal). ``dub_fn``
     and ``tune_fn`` replace :func:`~latentdub.toolkit.pipeline.dub` and
     :func:`~latentdub.toolkit.tuning.tune` (module-level functions, so worker
-    processes can import them). Raises :class:`BadInputError` for an invalid
+    processes can import them). ``overwrite``: replace existing outputs the
+    journal did not make (those it made are redone when they changed, and
+    skipped when they still verify). Raises :class:`BadInputError` for an invalid
     manifest or arguments; clip failures are reported in the summary, not raised.
     """
     if executor not in EXECUTORS:
@@ -769,7 +786,7 @@ def run_batch(
     if workers < 1 or retries < 0:
         raise BadInputError(f"--workers {workers} / --retries {retries}: workers must be at least 1 and retries at least 0")
     started = time.perf_counter()
-    run = _BatchRun(load_manifest(manifest), executor, workers, retries, log, progress, verbose, dub_fn, tune_fn)
+    run = _BatchRun(load_manifest(manifest), executor, workers, retries, log, progress, verbose, dub_fn, tune_fn, overwrite)
     run.plan(preset, tuple(overrides or ()))
     run.execute(ray_address)
     csv_path, json_path = _summary_paths(run.manifest, summary)
@@ -787,8 +804,9 @@ class _BatchRun:
     """Driver state of one ``run_batch`` call: plans from the journal, runs tasks, records outcomes."""
 
     def __init__(self, manifest: Manifest, executor: str, workers: int, retries: int, log: Callable[[str], None],
-                 progress: bool, verbose: bool, dub_fn: Optional[Callable[..., Any]], tune_fn: Optional[Callable[..., Any]]) -> None:
+                 progress: bool, verbose: bool, dub_fn: Optional[Callable[..., Any]], tune_fn: Optional[Callable[..., Any]], overwrite: bool) -> None:
         self.manifest, self.executor, self.workers, self.retries, self.log = manifest, executor, workers, retries, log
+        self.overwrite = overwrite
         self.progress = progress and executor == "inline"
         self.verbose, self.dub_fn, self.tune_fn = verbose, dub_fn, tune_fn
         self.results: dict[str, ClipResult] = {}
@@ -860,7 +878,11 @@ class _BatchRun:
             self.log(f"{job.clip.id}: interrupted in an earlier run; redoing it")
         elif last == "done":
             self.log(f"{job.clip.id}: output or settings changed since it was made; redoing it")
-        _remove_partial(job.clip.output)
+        for stale in stale_temps(job.clip.output):  # left by an interrupted encode
+            stale.unlink(missing_ok=True)
+        job.overwrite = self.overwrite or bool(history and str(job.clip.output) in history.written)
+        if not job.overwrite and (job.clip.output.exists() or job.clip.output.is_symlink()):
+            return self._fail(job, f"output {job.clip.output} already exists and this batch's journal did not make it; pass --overwrite to replace it")
         job.profile = job.clip.profile
         self.todo.append(job)
 
@@ -890,7 +912,7 @@ class _BatchRun:
             history = self.profile_history.get(pid)
             self.ready.append(Task(kind="profile", id=pid, attempt=(history.attempts if history else 0) + 1, key=key, output=out,
                                    preset=job.preset, overrides=job.overrides, source=source, progress=self.progress,
-                                   verbose=self.verbose, fn=self.tune_fn))
+                                   verbose=self.verbose, fn=self.tune_fn, overwrite=True))  # the profiles folder is the batch's own
             m.profiles.mkdir(parents=True, exist_ok=True)
             self.waiting[pid].append(job)
 
@@ -899,7 +921,7 @@ class _BatchRun:
     def _clip_task(self, job: _Job) -> Task:
         return Task(kind="clip", id=job.clip.id, attempt=job.attempt + 1, key=job.key, output=job.clip.output, preset=job.preset,
                     overrides=job.overrides, video=job.clip.video, audio=job.clip.audio, profile=job.profile,
-                    progress=self.progress, verbose=self.verbose, fn=self.dub_fn)
+                    progress=self.progress, verbose=self.verbose, fn=self.dub_fn, overwrite=job.overwrite)
 
     def execute(self, ray_address: Optional[str]) -> None:
         """Feed ready tasks to the executor as it has room; record each outcome as it arrives."""

@@ -53,6 +53,12 @@ class Components:
         """True when the preset configures ``stage``."""
         return stage in self.preset.stages
 
+    def build(self, *stages: str) -> None:
+        """Build those of ``stages`` the preset configures now, so bad weights fail before any long pass."""
+        for stage in stages:
+            if self.has(stage):
+                self[stage]
+
     def __getitem__(self, stage: str) -> Any:
         if stage in self._built:
             return self._built[stage]

@@ -46,6 +46,9 @@ class OutputError(BadInputError):
     """The output path cannot be written (exit 2)."""
 
 
+#: Exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
+
 EXIT_CODES = {
     0: "success",
     1: "internal error (a bug: please report it with the traceback from --debug)",
@@ -54,4 +57,5 @@ EXIT_CODES = {
     4: "no face: no usable face in the input where one is required",
     5: "plugin error: a plugin is missing, failed to load or failed to build",
     6: "batch finished with failed clips (see the summary)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); partial files were removed",
 }

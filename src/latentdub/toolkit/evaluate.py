@@ -29,8 +29,6 @@ import dataclasses
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
@@ -39,7 +37,7 @@ import numpy as np
 from .config import config_to_dict, parse_config
 from .context import BuildContext
 from .errors import BadInputError, LatentdubError, MissingWeightsError, PluginError
-from .files import check_writable_file
+from .files import check_writable_file, write_text_atomic
 from .types import Face, Frame
 
 #: Metric names run by default, in table order.
@@ -450,17 +448,7 @@ def check_report_path(path: Path) -> Path:
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    path = check_report_path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(check_report_path(path), text)
 
 
 def write_json(evaluation: Evaluation, path: Path) -> Path:

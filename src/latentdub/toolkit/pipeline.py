@@ -29,6 +29,7 @@ import numpy as np
 from . import protocols
 from .build import Components
 from .errors import NoFaceError, PluginError
+from .files import check_input_file, check_not_an_input, claim_outputs, temp_beside
 from .presets import Preset, resolve_preset
 from .types import Audio, Frame, Motion, TrackedFace
 from .video import VideoWriter, check_output_path, probe_video, read_frames, read_frames_at, read_image
@@ -37,6 +38,8 @@ from .video import VideoWriter, check_output_path, probe_video, read_frames, rea
 N_REFERENCES = 8
 #: Crops per ``study`` call in the study pass.
 STUDY_BATCH = 32
+#: Stages a dub or animate run uses, built before its first pass over the footage.
+RUN_STAGES = ("detector", "motion", "renderer", "compositor")
 #: Codes of :attr:`RunSummary.frame_kinds`: passed through untouched, dubbed, dubbed by a renderer's fallback path.
 PASSED, DUBBED, FALLBACK = 0, 1, 2
 
@@ -97,6 +100,20 @@ def _progress(total: Optional[int], desc: str, enabled: bool):
 def preset_path_for(output: Path) -> Path:
     """Where the resolved preset of a run writing ``output`` is saved."""
     return output.with_name(output.stem + ".latentdub.yaml")
+
+
+def _preview_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".preview" + output.suffix)
+
+
+def _contact_sheet_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".contact.png")
+
+
+def run_outputs(output: Path, preset: Preset) -> list[Path]:
+    """Every file a ``dub``/``animate`` run writes: the video first, then its resolved preset, preview and contact sheet."""
+    extras = [_preview_path(output)] * preset.output.preview + [_contact_sheet_path(output)] * preset.output.contact_sheet
+    return [output, preset_path_for(output), *extras]
 
 
 class FrameSource:
@@ -218,9 +235,12 @@ def _contact_sheet(frames: list[np.ndarray], path: Path) -> Path:
     for i, f in enumerate(frames):
         r, c = divmod(i, cols)
         sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] = f
-    tmp = path.with_name("." + path.name + ".part")
-    Image.fromarray(sheet).save(tmp, format="PNG")
-    tmp.replace(path)
+    tmp = temp_beside(path)
+    try:
+        Image.fromarray(sheet).save(tmp, format="PNG")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -237,12 +257,23 @@ def _load_speech(audio: Path, components: Components, summary: RunSummary) -> Au
         return edit_audio(speech, trim=trim, fade_in=edits.fade_in, fade_out=edits.fade_out, target_dbfs=edits.loudness)
 
 
-def _begin_run(output: str | Path, preset: Preset | str, overrides: Optional[list[str]]) -> tuple[Path, Preset, RunSummary]:
-    """Check the output path, resolve the preset and start the run's summary (before any work)."""
-    output = check_output_path(output)
+@contextmanager
+def _claimed_run(
+    output: str | Path, preset: Preset | str, overrides: Optional[list[str]], inputs: dict[str, Optional[Path]], overwrite: Optional[bool]
+) -> Iterator[tuple[Path, Preset, RunSummary]]:
+    """Resolve the preset, check the output paths against the inputs and hold them for the run (all before any work).
+
+    Yields the output path, the preset and the run's summary. ``overwrite``
+    None follows the preset's ``output.overwrite``.
+    """
     if not isinstance(preset, Preset):
         preset = resolve_preset(preset, overrides)
-    return output, preset, RunSummary(output=output, preset_file=preset_path_for(output))
+    inputs = {**inputs, **preset.input_files()}
+    check_not_an_input(Path(output), inputs)  # says more than a complaint about the file type
+    output = check_output_path(output)
+    replace = preset.output.overwrite if overwrite is None else overwrite
+    with claim_outputs(run_outputs(output, preset), inputs, replace):
+        yield output, preset, RunSummary(output=output, preset_file=preset_path_for(output))
 
 
 def _synthesise(
@@ -278,8 +309,7 @@ def _synthesise(
     sheet_frames: list[np.ndarray] = []
     sheet_at = set(np.linspace(0, n_out - 1, num=min(8, n_out)).round().astype(int).tolist())
     if preset.output.preview:
-        preview_path = output.with_name(output.stem + ".preview" + output.suffix)
-        preview = VideoWriter(preview_path, fps, (size[0] * 2, size[1]), preset.output.crf, preset.output.x264_preset, audio=wav)
+        preview = VideoWriter(_preview_path(output), fps, (size[0] * 2, size[1]), preset.output.crf, preset.output.x264_preset, audio=wav)
         opened.append(preview)
         writers.append(lambda src, out: preview.write(np.concatenate([src, out], axis=1)))
     if preset.output.contact_sheet:
@@ -307,7 +337,7 @@ def _synthesise(
         fallback = np.array([t for t in report.fallback if 0 <= t < n_out], np.int64)
         summary.frame_kinds[fallback[summary.frame_kinds[fallback] == DUBBED]] = FALLBACK
     if preset.output.contact_sheet and sheet_frames:
-        summary.extras.append(_contact_sheet(sheet_frames, output.with_name(output.stem + ".contact.png")))
+        summary.extras.append(_contact_sheet(sheet_frames, _contact_sheet_path(output)))
 
 
 def dub(
@@ -319,21 +349,30 @@ def dub(
     profile: Optional[Path] = None,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    overwrite: Optional[bool] = None,
 ) -> RunSummary:
     """Re-lip-sync ``video`` to the speech in ``audio`` and write ``output`` (mp4).
 
-    Raises :class:`BadInputError` (unusable files or settings),
-    :class:`NoFaceError` (no usable face in any frame), :class:`MissingWeightsError`
-    or :class:`PluginError`; nothing is left at ``output`` on failure.
+    ``overwrite``: replace existing output files (None: the preset's
+    ``output.overwrite``); the output is never one of the inputs. Raises
+    :class:`BadInputError` (unusable files or settings), :class:`NoFaceError`
+    (no usable face in any frame), :class:`MissingWeightsError` or
+    :class:`PluginError`; nothing is left at ``output`` on failure.
     """
+    video, audio = check_input_file(video, "video"), check_input_file(audio, "speech audio")
+    profile = None if profile is None else check_input_file(profile, "profile")
+    with _claimed_run(output, preset, overrides, {"video": video, "speech audio": audio, "profile": profile}, overwrite) as (output, preset, summary):
+        return _dub(video, audio, output, preset, summary, profile, progress, log)
+
+
+def _dub(video: Path, audio: Path, output: Path, preset: Preset, summary: RunSummary, profile: Optional[Path], progress: bool, log: Callable[[str], None]) -> RunSummary:
     from .faces import analyse_video
     from .timing import is_monotonic, plan_timeline, timeline_audio
 
-    video, audio = Path(video), Path(audio)
-    output, preset, summary = _begin_run(output, preset, overrides)
     info = probe_video(video)
     components = Components(preset, profile=profile, log=log)
     speech = _load_speech(audio, components, summary)
+    components.build(*RUN_STAGES)  # every network and weight file is read before the long passes
     fps = float(preset.output.fps or info.fps)
     if abs(fps - info.fps) > 1e-6:
         info = dataclasses.replace(info, fps=fps, n_frames=max(1, int(info.duration * fps + 0.5)))
@@ -466,19 +505,27 @@ def animate(
     profile: Optional[Path] = None,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    overwrite: Optional[bool] = None,
 ) -> RunSummary:
     """Animate a single portrait ``image`` with the speech in ``audio`` (the paper's mode).
 
-    The output runs at ``output.fps`` (25 when unset) for the speech's length.
+    The output runs at ``output.fps`` (25 when unset) for the speech's
+    length; ``overwrite`` and errors as for :func:`dub`.
     """
+    image, audio = check_input_file(image, "portrait image"), check_input_file(audio, "speech audio")
+    profile = None if profile is None else check_input_file(profile, "profile")
+    with _claimed_run(output, preset, overrides, {"portrait image": image, "speech audio": audio, "profile": profile}, overwrite) as (output, preset, summary):
+        return _animate(image, audio, output, preset, summary, profile, progress, log)
+
+
+def _animate(image: Path, audio: Path, output: Path, preset: Preset, summary: RunSummary, profile: Optional[Path], progress: bool, log: Callable[[str], None]) -> RunSummary:
     from .faces import track_still
     from .timing import plan_timeline, timeline_audio
 
-    image, audio = Path(image), Path(audio)
-    output, preset, summary = _begin_run(output, preset, overrides)
     picture = read_image(image)
     components = Components(preset, profile=profile, log=log)
     speech = _load_speech(audio, components, summary)
+    components.build(*RUN_STAGES)
     with _timed(summary, "analyse"):
         tracked = track_still(picture, components["detector"], preset.track)
     if tracked.face is None:

@@ -16,8 +16,9 @@ from typing import Annotated, Any, Literal, Mapping, Optional
 
 import yaml
 
-from .config import Pattern, Range, config_to_dict, parse_config
+from .config import WEIGHT_FILE, Pattern, Range, config_to_dict, parse_config, setting_types, split_annotation
 from .errors import ConfigError
+from .files import write_text_atomic
 from .plugins import get_component
 
 #: Stage name in a preset -> component kind in the registry.
@@ -137,6 +138,23 @@ class Preset:
     speech: SpeechConfig
     track: TrackConfig
     stages: dict[str, Stage]
+    #: The YAML file the preset was read from (None for a shipped preset).
+    source: Optional[Path] = None
+
+    def input_files(self) -> dict[str, Path]:
+        """Files the preset makes a run read, ``{key: path}``: its own YAML, every path setting
+        and every weight setting that names a local file (registered weight names are not files)."""
+        files: dict[str, Path] = {"preset": self.source} if self.source is not None else {}
+        configs = [(name, getattr(self, name)) for name in CORE_SECTIONS] + [(s.name, s.config) for s in self.stages.values()]
+        while configs:
+            where, config = configs.pop()
+            for name, tp in setting_types(type(config)).items():
+                value, key = getattr(config, name), f"{where}.{name}"
+                if dataclasses.is_dataclass(value):
+                    configs.append((key, value))
+                elif isinstance(value, Path) or (WEIGHT_FILE in split_annotation(tp)[1] and isinstance(value, str) and Path(value).expanduser().is_file()):
+                    files[key] = Path(value).expanduser()
+        return files
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved preset (every default filled in), ready for YAML."""
@@ -158,11 +176,7 @@ class Preset:
 
     def write(self, path: Path) -> Path:
         """Write the resolved preset to ``path`` (atomically) and return it."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_text(self.to_yaml())
-        tmp.replace(path)
-        return path
+        return write_text_atomic(Path(path), self.to_yaml())
 
 
 def preset_names() -> list[str]:
@@ -171,15 +185,32 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+#: Largest preset file read, in bytes (presets are a few KiB; anything bigger is not a preset).
+MAX_PRESET_BYTES = 1 << 20
+
+
+def _preset_file(name_or_path: str | Path) -> Optional[Path]:
+    """The YAML path ``name_or_path`` names, or None for a shipped preset name."""
+    path = Path(name_or_path).expanduser()
+    return path if path.suffix in (".yaml", ".yml") or path.exists() else None
+
+
 def load_preset_data(name_or_path: str | Path) -> dict[str, Any]:
     """Raw mapping of a shipped preset name or a user YAML file."""
     text: str
     label = str(name_or_path)
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    path = _preset_file(name_or_path)
+    if path is not None:
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder; give a preset YAML file or a shipped preset ({', '.join(preset_names())})")
         if not path.is_file():
             raise ConfigError(f"{path}: preset file not found; give a shipped preset ({', '.join(preset_names())}) or a YAML path")
-        text = path.read_text()
+        if path.stat().st_size > MAX_PRESET_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large for a preset (at most {MAX_PRESET_BYTES // 1024} KiB); give the preset YAML file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the preset ({type(exc).__name__}); save it as UTF-8 text") from None
     else:
         resource = importlib.resources.files("latentdub.presets") / f"{name_or_path}.yaml"
         if not resource.is_file():
@@ -191,7 +222,7 @@ def load_preset_data(name_or_path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{label}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{label}: a preset must be a mapping of sections")
-    data.setdefault("name", path.stem if path.suffix else label)
+    data.setdefault("name", path.stem if path is not None else label)
     return data
 
 
@@ -255,6 +286,7 @@ def resolve_preset(name_or_path: str | Path = "preview", overrides: Optional[lis
         component = get_component(kind, plugin)
         stages[stage] = Stage(stage, component.name, parse_config(component.config, values, stage))
     return Preset(
+        source=_preset_file(name_or_path),
         name=str(data.get("name", name_or_path)),
         description=str(data.get("description", "")),
         device=str(data.get("device", "auto")),

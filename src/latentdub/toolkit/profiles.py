@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
 from .errors import BadInputError, OutputError
+from .files import temp_beside
 
 #: ``format`` value in the metadata of every profile file.
 PROFILE_FORMAT = "latentdub-profile"
@@ -125,7 +126,7 @@ def save_profile(
         "n_pivots": int(tensors["pivots"].shape[0]),
         **dict(meta or {}),
     }
-    tmp = out.with_name(f".{out.name}.part")
+    tmp = temp_beside(out)
     try:
         save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(info, default=str)})
         tmp.replace(out)

@@ -20,8 +20,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .build import Components
-from .errors import BadInputError, ConfigError, NoFaceError
-from .files import check_writable_file
+from .errors import ConfigError, NoFaceError
+from .files import check_input_file, check_not_an_input, check_writable_file, claim_outputs
 from .presets import Preset, resolve_preset
 
 
@@ -98,6 +98,7 @@ def tune(
     overrides: Optional[list[str]] = None,
     log: Callable[[str], None] = print,
     progress: bool = False,
+    overwrite: Optional[bool] = None,
 ) -> TuneSummary:
     """Tune the preset's generator to the person in ``source`` (image or video); write the profile ``out``.
 
@@ -105,18 +106,27 @@ def tune(
     (``NAME.latentdub.yaml``). Raises :class:`NoFaceError` when no face is
     found, :class:`ConfigError` for presets without a generator,
     :class:`BadInputError` for unreadable inputs; nothing is left at ``out``
-    on failure.
+    on failure. ``overwrite``: replace an existing profile (None: the
+    preset's ``output.overwrite``); the profile is never one of the inputs.
     """
+    from .pipeline import preset_path_for
+
+    start = time.perf_counter()
+    source = check_input_file(source, "image or video of the person to tune on")
+    if not isinstance(preset, Preset):
+        preset = resolve_preset(preset, overrides)
+    inputs = {"source": source, **preset.input_files()}
+    check_not_an_input(Path(out), inputs)
+    out = check_writable_file(out, "person.profile")
+    replace = preset.output.overwrite if overwrite is None else overwrite
+    with claim_outputs([out, preset_path_for(out)], inputs, replace):
+        return _tune(source, out, preset, log, progress, start)
+
+
+def _tune(source: Path, out: Path, preset: Preset, log: Callable[[str], None], progress: bool, start: float) -> TuneSummary:
     from .pipeline import preset_path_for
     from .video import IMAGE_SUFFIXES
 
-    start = time.perf_counter()
-    source = Path(source)
-    if not source.is_file():
-        raise BadInputError(f"{source}: file not found; give an image or a video of the person to tune on")
-    out = check_writable_file(out, "person.profile")
-    if not isinstance(preset, Preset):
-        preset = resolve_preset(preset, overrides)
     components = Components(preset, log=log)
     if not components.has("generator"):
         raise ConfigError(f"preset {preset.name!r} has no generator stage; `tune` needs a neural preset (paper-256, paper-1024, or tiny for a smoke test)")

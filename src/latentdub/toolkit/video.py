@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
 
 from .errors import BadInputError, OutputError
-from .files import check_writable_file
+from .files import check_writable_file, temp_beside
 from .types import Frame, VideoInfo
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -179,16 +178,10 @@ def check_output_path(path: str | Path) -> Path:
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 class VideoWriter:
     """Encode RGB frames to H.264 and mux an optional audio file, atomically.
 
-    Use as a context manager: frames go to ``.NAME.part.SUFFIX`` beside the
+    Use as a context manager: frames go to ``.NAME.XXXXXXXX.part.SUFFIX`` beside the
     target, which is renamed to ``path`` only when ffmpeg finishes cleanly;
     on any error the partial file is removed. Odd frame sizes are padded by
     one pixel (yuv420p needs even sides).
@@ -208,9 +201,7 @@ class VideoWriter:
         self.width, self.height = size
         self.fps = fps
         self.frames_written = 0
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".part{self.path.suffix}", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = temp_beside(self.path)
         cmd = [
             ffmpeg_exe(), "-v", "error", "-y", "-nostdin",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}", "-r", f"{fps}", "-i", "-",
@@ -255,7 +246,6 @@ class VideoWriter:
             self._fail()
         if self._proc.stderr:
             self._proc.stderr.close()
-        os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes files owner-only
         os.replace(self.tmp, self.path)
         return self.path
 
