@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from latentdub.toolkit import metrics as M
+from latentdub.toolkit.errors import BadInputError
 
 N_FRAMES = 30
 
@@ -295,5 +296,5 @@ def test_syncnet_loads_a_syncnet_v2_style_state_dict_strictly(tmp_path):
     broken = dict(old)
     broken["netcnnaud.99.weight"] = torch.zeros(1)
     torch.save(broken, tmp_path / "broken.model")
-    with pytest.raises(RuntimeError, match="syncnet_v2"):
+    with pytest.raises(BadInputError, match=r"broken.model: syncnet_v2 state dict does not match the architecture \(unexpected keys: netcnnaud.99.weight\)"):
         load_syncnet(tmp_path / "broken.model")

@@ -22,6 +22,9 @@ from typing import Union
 import torch
 from torch import nn
 
+from ..toolkit.errors import BadInputError
+from .checkpoints import load_strict, torch_load
+
 #: Side of the square face crops SyncNet takes (px).
 SYNCNET_CROP = 224
 
@@ -85,13 +88,10 @@ def load_syncnet(path: Union[str, Path], device="cpu") -> SyncNet:
     (and only those) may be absent.
     """
     model = SyncNet()
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise RuntimeError(
-            f"{path}: not a syncnet_v2 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+    state = torch_load(path)
+    if not isinstance(state, dict):
+        raise BadInputError(f"{path}: not a syncnet_v2 state dict (holds a {type(state).__name__}); give syncnet_v2.model")
+    load_strict(model, state, path, "syncnet_v2 state dict")
     return model.eval().to(device)
 
 

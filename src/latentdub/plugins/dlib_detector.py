@@ -12,15 +12,16 @@ threshold, clear frontal faces score 1-3). It is mapped to [0, 1] by
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import math
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import numpy as np
 
 from latentdub.toolkit.config import WEIGHT_FILE, Range
-from latentdub.toolkit.errors import MissingWeightsError
+from latentdub.toolkit.errors import BadInputError, MissingWeightsError
 from latentdub.toolkit.faces import five_from_68
 from latentdub.toolkit.hookspecs import hookimpl
 from latentdub.toolkit.types import Face
@@ -69,6 +70,22 @@ def score_to_margin(score: float) -> float:
     return 0.5 * math.log(p / (1 - p))
 
 
+@functools.lru_cache(maxsize=2)
+def _models(predictor: Path, mtime_ns: int) -> tuple[Any, Any]:
+    """dlib's HOG detector and the shape predictor read from ``predictor`` (loaded once per file version: seconds each)."""
+    import dlib
+
+    try:
+        shape = dlib.shape_predictor(str(predictor))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+        raise BadInputError(f"{predictor}: not a dlib shape predictor ({reason[:120]}); give a 68-point .dat file as detector.predictor") from None
+    points = shape(np.zeros((16, 16, 3), np.uint8), dlib.rectangle(0, 0, 15, 15)).num_parts
+    if points != 68:
+        raise BadInputError(f"{predictor}: predicts {points} points, not 68; give a 68-point .dat file as detector.predictor")
+    return dlib.get_frontal_face_detector(), shape
+
+
 class DlibDetector:
     """HOG detection and 68 landmarks; :meth:`landmarks_in_box` refits without detecting."""
 
@@ -82,8 +99,7 @@ class DlibDetector:
         if not predictor.is_file():
             raise MissingWeightsError(f"{predictor}: detector.predictor file not found; give a dlib 68-point .dat file")
         self._dlib = dlib
-        self._hog = dlib.get_frontal_face_detector()
-        self._shape = dlib.shape_predictor(str(predictor))
+        self._hog, self._shape = _models(predictor.resolve(), predictor.stat().st_mtime_ns)
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in uint8 RGB ``[H, W, 3]``, highest score first."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -109,6 +110,13 @@ WEIGHT_FILE = Marker("weight file")
 CHECKS = (Range, PowerOfTwo, Pattern)
 
 
+def shown(value: Any) -> str:
+    """A short ``repr`` of ``value`` for messages (bounded even for huge or deeply nested YAML data)."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 2, 4, 4, 60, 60
+    return short.repr(value)
+
+
 def split_annotation(tp: Any) -> tuple[Any, list[Any]]:
     """``(base type, its Annotated metadata)`` of annotation ``tp``."""
     if typing.get_origin(tp) is Annotated:
@@ -147,7 +155,7 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
         value = coerce(base, value, key)
         for check in extras:
             if isinstance(check, CHECKS) and value is not None and not check.allows(value):
-                raise OutOfRange(f"{key}: {value!r} " + check.refusal.format(check))
+                raise OutOfRange(f"{key}: {shown(value)} " + check.refusal.format(check))
         return value
     if origin is Literal:
         if value in typing.get_args(tp):
@@ -181,7 +189,7 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
-                raise OutOfRange(f"{key}: {value!r} is not a finite number")
+                raise OutOfRange(f"{key}: {shown(value)} is not a finite number")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -192,11 +200,13 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, Mapping):
             return parse_config(tp, value, key)
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {shown(value)}")
 
 
 def parse_config(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
     """Build dataclass ``cls`` from ``values``; ``where`` prefixes key names in errors."""
+    if values is not None and not isinstance(values, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {shown(values)}")
     values = dict(values or {})
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -86,7 +86,8 @@ def check_not_an_input(outputs: str | Path | Sequence[Path], inputs: Mapping[str
         found = next((index[key] for key in _identities(output) if key in index), None)
         if found is not None:
             role, path = found
-            via = "" if Path(output).expanduser().absolute() == path.expanduser().absolute() else f" ({path}, through a link)"
+            plain = [os.path.normpath(Path(p).expanduser().absolute()) for p in (output, path)]
+            via = "" if plain[0] == plain[1] else f" ({path}, through a link)"
             raise OutputError(f"{output}: is the {role} of this run{via}; writing it would destroy the input; choose another output path")
 
 

@@ -28,11 +28,11 @@ import numpy as np
 
 from . import protocols
 from .build import Components
-from .errors import NoFaceError, PluginError
+from .errors import BadInputError, NoFaceError, PluginError
 from .files import check_input_file, check_not_an_input, claim_outputs, temp_beside
 from .presets import Preset, resolve_preset
 from .types import Audio, Frame, Motion, TrackedFace
-from .video import VideoWriter, check_output_path, probe_video, read_frames, read_frames_at, read_image
+from .video import IMAGE_SUFFIXES, VideoWriter, check_output_path, probe_video, read_frames, read_frames_at, read_image
 
 #: Reference crops handed to ``Renderer.prepare`` (spread over the clip).
 N_REFERENCES = 8
@@ -360,6 +360,8 @@ def dub(
     :class:`PluginError`; nothing is left at ``output`` on failure.
     """
     video, audio = check_input_file(video, "video"), check_input_file(audio, "speech audio")
+    if video.suffix.lower() in IMAGE_SUFFIXES:
+        raise BadInputError(f"{video}: is a still image, not footage; animate a portrait with `latentdub animate IMAGE AUDIO -o OUT`")
     profile = None if profile is None else check_input_file(profile, "profile")
     with _claimed_run(output, preset, overrides, {"video": video, "speech audio": audio, "profile": profile}, overwrite) as (output, preset, summary):
         return _dub(video, audio, output, preset, summary, profile, progress, log)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional
 
 import yaml
 
-from .config import WEIGHT_FILE, Pattern, Range, config_to_dict, parse_config, setting_types, split_annotation
+from .config import WEIGHT_FILE, Pattern, Range, config_to_dict, parse_config, setting_types, shown, split_annotation
 from .errors import ConfigError
 from .files import write_text_atomic
 from .plugins import get_component
@@ -220,6 +220,8 @@ def load_preset_data(name_or_path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{label}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{label}: nested too deeply to be a preset; a preset is a mapping of sections") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{label}: a preset must be a mapping of sections")
     data.setdefault("name", path.stem if path is not None else label)
@@ -273,12 +275,14 @@ def resolve_preset(name_or_path: str | Path = "preview", overrides: Optional[lis
         raise ConfigError(f"{unknown[0]}: unknown preset section (known: {allowed})")
     for key, tp in TOP_LEVEL.items():
         if key in data and not isinstance(data[key], tp):
-            raise ConfigError(f"{key}: expected {tp.__name__}, got {data[key]!r}")
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {shown(data[key])}")
     sections = {name: parse_config(cls, data.get(name), name) for name, cls in CORE_SECTIONS.items()}
     stages = {}
     for stage, kind in STAGES.items():
         if stage not in data:
             continue
+        if not isinstance(data[stage] or {}, Mapping):
+            raise ConfigError(f"{stage}: expected a mapping naming the plugin, e.g. {stage}: {{plugin: NAME}}; got {shown(data[stage])}")
         values = dict(data[stage] or {})
         plugin = values.pop("plugin", None)
         if not isinstance(plugin, str):

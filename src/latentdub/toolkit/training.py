@@ -385,10 +385,6 @@ def train(
     existing = _checkpoints(run_dir)
     if existing and not resume:
         raise BadInputError(f"{run_dir}: already holds checkpoints (newest step {existing[-1][0]}); pass --resume to continue, or choose a new -o folder")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BadInputError(f"{run_dir}: cannot create the run folder ({exc.strerror}); choose a writable -o") from None
     notes: list[str] = []
     torch.manual_seed(preset.seed)
     components = Components(preset, log=log)
@@ -433,6 +429,10 @@ def train(
     if existing:
         state = torch.load(existing[-1][1].with_suffix(".state.pt"), map_location=device, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
+    try:  # only now, so a run refused above leaves nothing behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"{run_dir}: cannot create the run folder ({exc.strerror}); choose a writable -o") from None
     preset.write(run_dir / "preset.yaml")
     csv = _CsvLog(run_dir / "log.csv", start_step)
     losses: list[float] = []
