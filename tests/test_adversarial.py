@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from click.testing import CliRunner
 
 from latentdub.cli import cli
@@ -67,6 +68,8 @@ def media(grid_clips, portrait, tmp_path_factory) -> Path:
     M.without_audio(d / "clip.mp4", d / "silent-video.mp4")
     M.ffmpeg("-i", str(d / "clip.mp4"), "-frames:v", "1", "-an", "-c:v", "libx264", str(d / "one-frame.mp4"))
     M.ffmpeg("-i", str(d / "clip.mp4"), "-frames:v", "3", "-vf", "scale=4000:4000,setsar=1", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "copy", str(d / "huge.mp4"))
+    M.ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=7700x4400:d=0.04", "-c:v", "libx264", "-preset", "ultrafast", str(d / "over-8k.mp4"))
+    Image.new("RGB", (9000, 9000)).save(d / "over-8k.png")
     M.ffmpeg("-i", str(d / "clip.mp4"), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p10le", "-c:a", "copy", str(d / "ten-bit.mp4"))
     M.ffmpeg("-i", str(d / "clip.mp4"), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p", "-c:a", "copy", str(d / "yuv444.mp4"))
     M.ffmpeg("-i", str(d / "speech.wav"), "-ac", "8", "-ar", "96000", str(d / "eight-channels-96k.wav"))
@@ -344,6 +347,13 @@ def test_a_4000x4000_video_is_dubbed_at_full_size(media, tmp_path):
     dubbed(dub(media / "huge.mp4", media / "speech.wav", out), out, frames=3)
     info = probe_video(out)
     assert (info.width, info.height) == (4000, 4000)
+
+
+def test_frames_beyond_8k_are_refused_before_decoding(media, tmp_path):
+    out = tmp_path / "o.mp4"
+    refused(dub(media / "over-8k.mp4", media / "speech.wav", out), 2, "over-8k.mp4", "7700x4400", "7680x4320", out=out)
+    result = run("animate", media / "over-8k.png", media / "speech.wav", "-o", out, "-p", "tiny", "-q")
+    refused(result, 2, "over-8k.png", "9000x9000", "scale it down", out=out)
 
 
 def test_unicode_and_spaces_in_every_path(media, tmp_path):

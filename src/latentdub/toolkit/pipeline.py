@@ -32,7 +32,7 @@ from .errors import BadInputError, NoFaceError, PluginError
 from .files import check_input_file, check_not_an_input, claim_outputs, temp_beside
 from .presets import Preset, resolve_preset
 from .types import Audio, Frame, Motion, TrackedFace
-from .video import IMAGE_SUFFIXES, VideoWriter, check_output_path, probe_video, read_frames, read_frames_at, read_image
+from .video import IMAGE_SUFFIXES, VideoWriter, check_frame_size, check_output_path, probe_video, read_frames, read_frames_at, read_image
 
 #: Reference crops handed to ``Renderer.prepare`` (spread over the clip).
 N_REFERENCES = 8
@@ -372,6 +372,7 @@ def _dub(video: Path, audio: Path, output: Path, preset: Preset, summary: RunSum
     from .timing import is_monotonic, plan_timeline, timeline_audio
 
     info = probe_video(video)
+    check_frame_size(info.width, info.height, video)
     components = Components(preset, profile=profile, log=log)
     speech = _load_speech(audio, components, summary)
     components.build(*RUN_STAGES)  # every network and weight file is read before the long passes

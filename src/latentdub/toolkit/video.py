@@ -22,6 +22,10 @@ from .files import check_writable_file, temp_beside
 from .types import Frame, VideoInfo
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+#: Largest frame dubbed or animated: 8K UHD (7680 x 4320, 33 MP, ~100 MB as RGB). A run keeps a
+#: fixed number of frames in memory (reference frames, a render batch, encoder buffers), so its
+#: peak memory grows with the frame size, never with the clip's length.
+MAX_FRAME_PIXELS = 7680 * 4320
 
 
 def ffmpeg_exe() -> str:
@@ -156,6 +160,15 @@ def read_frames_at(path: str | Path, indices, info: Optional[VideoInfo] = None) 
     return images
 
 
+def check_frame_size(width: int, height: int, path: Path) -> None:
+    """Raise :class:`BadInputError` when ``width x height`` frames exceed :data:`MAX_FRAME_PIXELS`."""
+    if width * height > MAX_FRAME_PIXELS:
+        raise BadInputError(
+            f"{path}: {width}x{height} frames ({width * height / 1e6:.0f} MP) exceed latentdub's limit of 8K UHD "
+            f"(7680x4320, {MAX_FRAME_PIXELS / 1e6:.0f} MP); scale it down first, e.g. ffmpeg -i IN -vf scale=-2:2160 OUT.mp4"
+        )
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """A still image as uint8 RGB ``[H, W, 3]``; raises :class:`BadInputError` if unreadable."""
     from PIL import Image, UnidentifiedImageError
@@ -165,8 +178,9 @@ def read_image(path: str | Path) -> np.ndarray:
         raise BadInputError(f"{path}: file not found; check the path")
     try:
         with Image.open(path) as img:
+            check_frame_size(img.width, img.height, path)  # before decoding the pixels
             return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise BadInputError(f"{path}: not a readable image ({exc.__class__.__name__}); give a PNG or JPEG portrait") from None
 
 
