@@ -59,6 +59,8 @@ def load_strict(module: Any, state: Mapping[str, Any], path: Path | str, what: s
     """
     import torch
 
+    if not isinstance(state, Mapping):
+        raise BadInputError(f"{path}: holds a {type(state).__name__}, not a {what}; check the file is the right checkpoint for this model")
     own = module.state_dict()
     # files from old PyTorch versions lack BatchNorm's counter; it does not affect inference
     state = dict(state)

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..toolkit.errors import BadInputError
 from .checkpoints import load_strict, torch_load
 
 #: Side (px) the FID network resizes its input to.
@@ -218,10 +217,7 @@ class FIDInceptionV3(nn.Module):
 def load_fid_inception(path: Union[str, Path], device="cpu") -> FIDInceptionV3:
     """Build the full FID network and load ``pt_inception-2015-12-05-6726825d.pth`` (strict, weights only)."""
     model = FIDInceptionV3()
-    state = torch_load(path)
-    if not isinstance(state, dict):
-        raise BadInputError(f"{path}: not an Inception state dict (holds a {type(state).__name__}); give pt_inception-2015-12-05-6726825d.pth")
-    load_strict(model, state, path, "FID Inception state dict")
+    load_strict(model, torch_load(path), path, "FID Inception state dict")
     return model.eval().to(device)
 
 

@@ -22,7 +22,6 @@ from typing import Union
 import torch
 from torch import nn
 
-from ..toolkit.errors import BadInputError
 from .checkpoints import load_strict, torch_load
 
 #: Side of the square face crops SyncNet takes (px).
@@ -88,10 +87,7 @@ def load_syncnet(path: Union[str, Path], device="cpu") -> SyncNet:
     (and only those) may be absent.
     """
     model = SyncNet()
-    state = torch_load(path)
-    if not isinstance(state, dict):
-        raise BadInputError(f"{path}: not a syncnet_v2 state dict (holds a {type(state).__name__}); give syncnet_v2.model")
-    load_strict(model, state, path, "syncnet_v2 state dict")
+    load_strict(model, torch_load(path), path, "syncnet_v2 state dict")
     return model.eval().to(device)
 
 
