@@ -27,6 +27,7 @@ from .errors import PluginError
 #: Component kinds and the hook that registers each.
 KINDS = {
     "detector": "register_detectors",
+    "face_embedder": "register_face_embedders",
     "encoder": "register_encoders",
     "generator": "register_generators",
     "motion": "register_motion_models",

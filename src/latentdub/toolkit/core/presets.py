@@ -87,7 +87,8 @@ class TrackConfig:
     """Target face selection and landmark smoothing.
 
     ``select``: ``largest``, ``central`` or ``reference`` (closest to the
-    face in ``reference_image``); ``smoothing``: half-width in frames of the
+    face in ``reference_image``, compared by the face embedder plugin
+    ``reference_embedder``); ``smoothing``: half-width in frames of the
     temporal landmark filter (0 disables); ``min_score``/``min_size`` (px)
     reject weak detections; ``max_gap``: frames a lost face is bridged by
     interpolation; ``crop_size``: side of the aligned face crop in pixels.
@@ -95,6 +96,7 @@ class TrackConfig:
 
     select: Literal["largest", "central", "reference"] = "largest"
     reference_image: Optional[Path] = None
+    reference_embedder: str = "dlib"
     smoothing: int = 2
     min_score: float = 0.6
     min_size: float = 24.0
@@ -155,6 +157,11 @@ class Preset:
         tmp.write_text(self.to_yaml())
         tmp.replace(path)
         return path
+
+
+def preset_path_for(output: Path) -> Path:
+    """Where the resolved preset of a run writing ``output`` is saved (``STEM.latentdub.yaml`` beside it)."""
+    return output.with_name(output.stem + ".latentdub.yaml")
 
 
 def preset_names() -> list[str]:

@@ -29,7 +29,7 @@ import numpy as np
 from ..core import protocols
 from ..core.build import Components
 from ..core.errors import NoFaceError, PluginError
-from ..core.presets import Preset, resolve_preset
+from ..core.presets import Preset, preset_path_for, resolve_preset
 from ..core.types import Audio, Frame, Motion, TrackedFace
 from ..media.video import VideoWriter, check_output_path, probe_video, read_frames, read_frames_at, read_image
 
@@ -92,11 +92,6 @@ def _progress(total: Optional[int], desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, leave=False, dynamic_ncols=True)
-
-
-def preset_path_for(output: Path) -> Path:
-    """Where the resolved preset of a run writing ``output`` is saved."""
-    return output.with_name(output.stem + ".latentdub.yaml")
 
 
 class FrameSource:

@@ -42,6 +42,8 @@ from ..core.types import Face, Frame
 
 #: Metric names run by default, in table order.
 DEFAULT_METRICS = ("psnr", "ssim", "fid", "lmd", "lse", "cpbd")
+#: Face detector plugin (registered name) for face-based metrics.
+DEFAULT_DETECTOR = "dlib"
 #: Suffixes of the video files matched between two folders.
 VIDEO_SUFFIXES = (".mp4", ".mpg", ".mpeg", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 #: Label of the summary row.
@@ -242,7 +244,7 @@ def evaluate(
     metrics: Sequence[str] = DEFAULT_METRICS,
     device: str = "auto",
     max_frames: Optional[int] = None,
-    detector: str = "dlib",
+    detector: str = DEFAULT_DETECTOR,
     settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
     weights: Optional[Callable[[str], Path]] = None,
     log: Callable[[str], None] = lambda message: None,
