@@ -358,8 +358,97 @@ def fit_shared(clips: Sequence[tuple[str, Callable[[], tuple[np.ndarray, np.ndar
         except (BadInputError, NoFaceError) as exc:
             log(f"skipped {name}: {exc}")
     fit = pooled.fit()
-    assert shape is not None
+    assert shape is not None  # pooled.fit() raised when no clip was added
     directions = np.zeros((len(FEATURES), *shape), np.float32)
     directions[:, list(layers)] = fit.coefficients.reshape(len(FEATURES), len(layers), shape[1])
     info = {**info, "clips": pooled.clips, "frames": fit.frames, "alpha": fit.alpha, "r2": round(fit.r2_overall, 4), "r2_mouth": round(fit.r2_mouth, 4), "folds": fit.folds}
     return SharedDirections(directions, tuple(layers), FEATURES, pooled.mouth_range().astype(np.float32), fingerprint, info)
+
+
+# --------------------------------------------------------------------------- `latentdub directions fit`
+
+
+def _shard_sample(path: Path, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Latents ``[m, L, D]`` and crop landmarks ``[m, P, 2]`` of at most ``max_frames`` valid frames of a shard, evenly spread."""
+    from .dataset import read_shard
+
+    valid = np.flatnonzero(read_shard(path, names=("valid",))["valid"])
+    chosen = valid[np.unique(np.linspace(0, len(valid) - 1, num=min(max_frames, len(valid))).round().astype(int))] if len(valid) else valid
+    latents, landmarks = [], []
+    for start in range(0, int(chosen.max()) + 1 if len(chosen) else 0, 256):  # 256 rows at a time: memory flat in clip length
+        rows = read_shard(path, start, start + 256, names=("latents", "landmarks"))
+        pick = chosen[(chosen >= start) & (chosen < start + 256)] - start
+        latents.append(rows["latents"][pick])
+        landmarks.append(rows["landmarks"][pick])
+    if not latents:
+        return np.zeros((0, 1, 1), np.float32), np.zeros((0, 68, 2), np.float32)
+    return np.concatenate(latents).astype(np.float32), np.concatenate(landmarks)
+
+
+def _dense_only(where: str, landmarks: np.ndarray) -> np.ndarray:
+    if landmarks.ndim != 3 or landmarks.shape[1] != 68:
+        raise BadInputError(f"{where}: landmarks have {landmarks.shape[1] if landmarks.ndim == 3 else '?'} points; mouth features need 68 (detector.plugin: dlib)")
+    return landmarks
+
+
+def fit_from_source(source: Path, preset: Any, batch_size: int = 16, log: Callable[[str], None] = print, progress: bool = False) -> SharedDirections:
+    """Shared mouth directions of a prepared dataset (``latentdub dataset prepare``) or of a video file or folder of clips.
+
+    ``preset`` supplies the detector, ``track`` settings, encoder and
+    generator (whose fingerprint the file records); ``layers`` and
+    ``max_frames`` (frames per clip) come from its motion stage when it has
+    them (``clipfit``), else :data:`DEFAULT_LAYERS` and 300. A dataset must
+    have been prepared with the preset's encoder.
+    """
+    from tqdm import tqdm
+
+    from .build import Components
+    from .config import config_to_dict
+    from .dataset import MANIFEST, VIDEO_SUFFIXES, find_clips, invert_clip, load_manifest, shard_path
+
+    source = Path(source)
+    for stage in ("encoder", "generator"):
+        if stage not in preset.stages:
+            raise BadInputError(f"preset {preset.name!r} configures no {stage}; directions fit needs the neural stack's encoder and generator (e.g. --preset neural-1024)")
+    motion = preset.stages.get("motion")
+    layers = tuple(getattr(motion.config, "layers", DEFAULT_LAYERS)) if motion else DEFAULT_LAYERS
+    max_frames = int(getattr(motion.config, "max_frames", 300)) if motion else 300
+    components = Components(preset, log=log)
+    encoder_record = {"plugin": preset.stages["encoder"].plugin, **config_to_dict(preset.stages["encoder"].config)}
+    n_styles = int(components["encoder"].n_styles)
+    if not layers or max(layers) >= n_styles or min(layers) < 0:
+        raise BadInputError(f"motion.layers: {list(layers)} must be W+ layer indices below {n_styles} (the encoder's styles)")
+    fingerprint = components["generator"].fingerprint()
+    loaders: list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray]]]] = []
+    if (source / MANIFEST).is_file():
+        manifest = load_manifest(source)
+        if manifest.get("encoder", encoder_record) != encoder_record or manifest.get("seed", preset.seed) != preset.seed:
+            raise BadInputError(f"{source}: prepared with another encoder ({manifest.get('encoder')}); use the preset it was prepared with ({manifest.get('preset')})")
+        for clip_id, entry in sorted(manifest["clips"].items()):
+            if entry.get("status") == "done":
+                path = shard_path(source, clip_id)
+
+                def load(path: Path = path) -> tuple[np.ndarray, np.ndarray]:
+                    latents, landmarks = _shard_sample(path, max_frames)
+                    return latents, _dense_only(str(path), landmarks)
+
+                loaders.append((clip_id, load))
+    else:
+        if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
+            videos = [source]
+        elif source.is_dir():
+            videos = [clip.video for clip in find_clips(source, "folder")]
+        else:
+            raise BadInputError(f"{source}: neither a prepared dataset (no {MANIFEST}), a video nor a folder of clips; give one of those")
+        for video in videos:
+
+            def load(video: Path = video) -> tuple[np.ndarray, np.ndarray]:
+                inverted = invert_clip(video, components, batch_size, max_frames)
+                return inverted.latents.astype(np.float32), _dense_only(str(video), inverted.landmarks)
+
+            loaders.append((video.name, load))
+    if not loaders:
+        raise BadInputError(f"{source}: no finished clips to fit on")
+    bar = tqdm(loaders, desc="directions", unit="clip", disable=not progress, leave=False, dynamic_ncols=True)
+    info = {"source": str(source.resolve()), "preset": preset.name, "encoder": encoder_record, "generator": preset.stages["generator"].plugin, "max_frames": max_frames}
+    return fit_shared(list(bar), layers, fingerprint, info, log)
