@@ -67,7 +67,7 @@ class ClipFitConfig:
     """Settings of the clipfit motion model (see the module docstring).
 
     ``targets``: the ``mouth`` motion model that turns speech into mouth
-    shapes, ``{plugin: NAME, ...its settings}``; ``transcript`` /
+    shapes, ``{plugin: NAME, ...its settings}`` (plugin default ``visemes``); ``transcript`` /
     ``transcript_file``: the words of the speech, handed to it; ``prior``:
     shared mouth directions (weight name or path; the default name may be
     absent, any other value must exist); ``layers``: W+ layers the mouth
@@ -103,7 +103,7 @@ def _target_config(targets: dict[str, Any], extra: Optional[dict[str, Any]] = No
     from latentdub.toolkit.plugins import get_component
 
     settings = dict(targets)
-    plugin = settings.pop("plugin", None)
+    plugin = settings.pop("plugin", _default_targets()["plugin"])
     if not isinstance(plugin, str):
         raise ConfigError("motion.targets.plugin: name the model of mouth shapes, e.g. targets: {plugin: visemes}")
     component = get_component("motion", plugin)
@@ -250,7 +250,8 @@ class ClipFitMotion:
         frames, latents, landmarks = self.kept.arrays()
         w = latents.reshape(len(latents), -1).astype(np.float64)
         prior_flat = None if prior is None else prior.flat(cfg.layers)
-        shared = "" if prior is None else f"shared directions over {prior.info.get('clips', '?')} clips (R^2 {prior.info.get('r2_mouth', float('nan')):.2f} from the mouth)"
+        clips = prior.info.get("clips", "?") if prior is not None else 0
+        shared = "" if prior is None else f"shared directions of {clips} clip{'' if clips == 1 else 's'} (R^2 {prior.info.get('r2_mouth', float('nan')):.2f} from the mouth)"
         notes = list(self.prior_notes)
         if len(frames) < cfg.min_frames:
             if prior_flat is None:

@@ -372,12 +372,14 @@ def _shard_sample(path: Path, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """Latents ``[m, L, D]`` and crop landmarks ``[m, P, 2]`` of at most ``max_frames`` valid frames of a shard, evenly spread."""
     from .dataset import read_shard
 
-    valid = np.flatnonzero(read_shard(path, names=("valid",))["valid"])
+    flags = read_shard(path, names=("valid",))["valid"]
+    valid = np.flatnonzero(flags)
     chosen = valid[np.unique(np.linspace(0, len(valid) - 1, num=min(max_frames, len(valid))).round().astype(int))] if len(valid) else valid
     latents, landmarks = [], []
     for start in range(0, int(chosen.max()) + 1 if len(chosen) else 0, 256):  # 256 rows at a time: memory flat in clip length
-        rows = read_shard(path, start, start + 256, names=("latents", "landmarks"))
-        pick = chosen[(chosen >= start) & (chosen < start + 256)] - start
+        stop = min(start + 256, len(flags))
+        rows = read_shard(path, start, stop, names=("latents", "landmarks"))
+        pick = chosen[(chosen >= start) & (chosen < stop)] - start
         latents.append(rows["latents"][pick])
         landmarks.append(rows["landmarks"][pick])
     if not latents:
