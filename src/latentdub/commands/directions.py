@@ -26,16 +26,13 @@ def fit_command(source, output, batch_size, preset, overrides, device, dry_run, 
     The preset's detector, encoder and generator are used; its motion
     section (clipfit) gives the layers and the frames used per clip.
     """
-    from ..toolkit.directions import fit_from_source
-    from ..toolkit.files import check_writable_file
+    from ..toolkit.directions import fit_directions
 
     log = _log(quiet)
-    output = check_writable_file(output, "mouth-directions.safetensors")
     resolved = load_preset(preset, tuple(overrides), device, log)
     if maybe_dry_run(resolved, dry_run):
         return
-    shared = fit_from_source(source, resolved, batch_size=batch_size, log=log, progress=not quiet)
-    shared.save(output)
+    shared = fit_directions(source, output, resolved, batch_size=batch_size, log=log, progress=not quiet)
     if not quiet:
         for line in describe(shared):
             click.echo(line, err=True)

@@ -454,3 +454,16 @@ def fit_from_source(source: Path, preset: Any, batch_size: int = 16, log: Callab
     bar = tqdm(loaders, desc="directions", unit="clip", disable=not progress, leave=False, dynamic_ncols=True)
     info = {"source": str(source.resolve()), "preset": preset.name, "encoder": encoder_record, "generator": preset.stages["generator"].plugin, "max_frames": max_frames}
     return fit_shared(list(bar), layers, fingerprint, info, log)
+
+
+def fit_directions(source: str | Path, output: str | Path, preset: Any = "neural-1024", overrides: Optional[list[str]] = None,
+                   batch_size: int = 16, log: Callable[[str], None] = print, progress: bool = False) -> SharedDirections:
+    """``latentdub directions fit``: :func:`fit_from_source` then save to ``output`` (checked before any work)."""
+    from .files import check_writable_file
+    from .presets import Preset, resolve_preset
+
+    output = check_writable_file(output, "mouth-directions.safetensors")
+    preset = preset if isinstance(preset, Preset) else resolve_preset(preset, overrides)
+    shared = fit_from_source(Path(source), preset, batch_size=batch_size, log=log, progress=progress)
+    shared.save(output)
+    return shared
