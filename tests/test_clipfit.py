@@ -125,7 +125,7 @@ def test_fit_recovers_the_planted_map_and_drives_new_shapes(planted, stack, spee
 
     # outside the mouth subspace V the output is the source itself, on every layer
     v = produced.extra["basis"].reshape(len(produced.extra["basis"]), -1).astype(np.float64)
-    off = lambda w: w.reshape(n_out, -1) - (w.reshape(n_out, -1) @ v.T) @ v  # noqa: E731
+    off = lambda w: w.reshape(n_out, -1) - (w.reshape(n_out, -1) @ v.T) @ v
     assert np.abs(off(w_out) - off(w_src.numpy().astype(np.float64))).max() <= 1e-6
     # the mouth read from the produced latents follows the targets
     read = (w_out[:, LAYERS].reshape(n_out, -1) - planted["base"][LAYERS].reshape(-1)) @ planted["readout"]
@@ -137,7 +137,7 @@ def test_fit_recovers_the_planted_map_and_drives_new_shapes(planted, stack, spee
 def test_pose_is_regressed_out(planted):
     w = planted["latents"][:, LAYERS].reshape(N_FRAMES, -1)
     pitch = planted["truth"][4] / np.linalg.norm(planted["truth"][4])
-    cos = lambda d: np.abs(d @ pitch) / np.linalg.norm(d, axis=1)  # noqa: E731
+    cos = lambda d: np.abs(d @ pitch) / np.linalg.norm(d, axis=1)
     fitted = fit_clip(w, planted["landmarks"], components=16).directions[:3]
     assert cos(fitted).max() < 0.1
     # control: the same fit without the pose columns lets the nod leak into the opening direction
@@ -182,3 +182,9 @@ def test_study_keeps_a_bounded_even_sample(stack):
         assert len(keeper.rows) <= 40
     kept, _, _ = keeper.arrays()
     assert len(kept) >= 20 and np.ptp(np.diff(kept)) == 0 and kept[-1] >= 900
+
+
+def test_five_point_landmarks_cannot_be_served(stack):
+    motion = stack["motion"]
+    with pytest.raises(CannotServeError, match="68-point"):
+        motion.study(np.zeros((2, 64, 64, 3), np.uint8), np.zeros((2, 5, 2), np.float32), np.arange(2))
