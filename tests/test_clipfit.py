@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from latentdub.toolkit.audio import load_audio
-from latentdub.toolkit.build import Components
-from latentdub.toolkit.directions import FEATURES, SharedDirections, clip_features, fit_clip
-from latentdub.toolkit.errors import CannotServeError
-from latentdub.toolkit.face_measures import head_pose, mouth_shapes, neutral_mouth
-from latentdub.toolkit.masks import TEMPLATE_68
-from latentdub.toolkit.presets import resolve_preset
+from latentdub.toolkit.media.audio import load_audio
+from latentdub.toolkit.core.build import Components
+from latentdub.toolkit.learning.directions import FEATURES, SharedDirections, clip_features, fit_clip
+from latentdub.toolkit.core.errors import CannotServeError
+from latentdub.toolkit.faces.measures import head_pose, mouth_shapes, neutral_mouth
+from latentdub.toolkit.faces.masks import TEMPLATE_68
+from latentdub.toolkit.core.presets import resolve_preset
 
 N_FRAMES = 300
 LAYERS = list(range(8))
@@ -141,7 +141,7 @@ def test_pose_is_regressed_out(planted):
     fitted = fit_clip(w, planted["landmarks"], components=16).directions[:3]
     assert cos(fitted).max() < 0.1
     # control: the same fit without the pose columns lets the nod leak into the opening direction
-    from latentdub.toolkit.directions import block_folds, cross_validate, principal_basis
+    from latentdub.toolkit.learning.directions import block_folds, cross_validate, principal_basis
 
     x = planted["x"][:, :3] - planted["x"][:, :3].mean(0)
     wc = w - w.mean(0)

@@ -12,8 +12,8 @@ import yaml
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit.directions import SharedDirections
-from latentdub.toolkit.video import probe_video, read_frames
+from latentdub.toolkit.learning.directions import SharedDirections
+from latentdub.toolkit.media.video import probe_video, read_frames
 
 from .test_psp import write_psp
 
@@ -150,7 +150,7 @@ def test_animate_needs_shared_directions_and_uses_them(one_speaker, shared, port
     assert "by a fallback" not in result.output and any("driving the shared directions of 1 clip " in n for n in summary_notes(result.output))
     # random networks barely draw a mouth, but what they draw follows the speech: the change from a silent frame rises with the opening
     from latentdub.plugins.viseme_motion import VisemeMotion
-    from latentdub.toolkit.audio import load_audio
+    from latentdub.toolkit.media.audio import load_audio
 
     frames = [f.image.astype(float) for f in read_frames(driven)]
     change = np.array([np.abs(f - frames[1]).mean() for f in frames[1:]])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from latentdub.toolkit.errors import ConfigError
-from latentdub.toolkit.presets import apply_overrides, preset_names, resolve_preset
+from latentdub.toolkit.core.errors import ConfigError
+from latentdub.toolkit.core.presets import apply_overrides, preset_names, resolve_preset
 
 
 def test_shipped_presets_exist():
@@ -86,7 +86,7 @@ def test_override_switching_plugin_drops_old_settings():
 
 
 def test_auto_takes_the_public_weights_path_when_there_is_no_stage_1_model(tmp_path, monkeypatch):
-    from latentdub.toolkit.presets import choose_auto_preset
+    from latentdub.toolkit.core.presets import choose_auto_preset
 
     monkeypatch.setenv("LATENTDUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("LATENTDUB_WEIGHTS_DIR", str(tmp_path))
@@ -101,7 +101,7 @@ def test_auto_takes_the_public_weights_path_when_there_is_no_stage_1_model(tmp_p
 
 
 def test_fallback_preset_keeps_what_the_user_asked_of_the_result():
-    from latentdub.toolkit.presets import OFFLINE_PRESET, fallback_preset
+    from latentdub.toolkit.core.presets import OFFLINE_PRESET, fallback_preset
 
     preset = resolve_preset("neural-256", ["timing.length_policy=loop", "output.crf=7", "speech.fade_in=0.5", "motion.transcript=bin blue"])
     assert preset.fallback == OFFLINE_PRESET and resolve_preset(OFFLINE_PRESET).fallback is None

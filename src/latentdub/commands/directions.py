@@ -26,7 +26,7 @@ def fit_command(source, output, batch_size, preset, overrides, device, dry_run, 
     The preset's detector, encoder and generator are used; its motion
     section (clipfit) gives the layers and the frames used per clip.
     """
-    from ..toolkit.directions import fit_directions
+    from ..toolkit.learning.directions import fit_directions
 
     log = _log(quiet)
     resolved = load_preset(preset, tuple(overrides), device, log)
@@ -43,15 +43,15 @@ def fit_command(source, output, batch_size, preset, overrides, device, dry_run, 
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def show_command(file):
     """Print how the directions FILE (path or weight name) was fitted."""
-    from ..toolkit.directions import SharedDirections
-    from ..toolkit.weights import resolve
+    from ..toolkit.learning.directions import SharedDirections
+    from ..toolkit.core.weights import resolve
 
     for line in describe(SharedDirections.load(resolve(str(file)))):
         click.echo(line)
 
 
 def describe(shared) -> list[str]:
-    """Summary lines of :class:`~latentdub.toolkit.directions.SharedDirections`."""
+    """Summary lines of :class:`~latentdub.toolkit.learning.directions.SharedDirections`."""
     info = shared.info
     lo, hi = shared.mouth_range
     return [

@@ -10,8 +10,8 @@ new speech.
    them, evenly spread, are inverted through the renderer (the very inversion
    its subspace swap uses) and kept with their crop landmarks (memory flat in
    clip length).
-2. Fit (:func:`~latentdub.toolkit.directions.fit_clip`): mouth shape and head
-   pose from the landmarks (:mod:`~latentdub.toolkit.face_measures`), ridge
+2. Fit (:func:`~latentdub.toolkit.learning.directions.fit_clip`): mouth shape and head
+   pose from the landmarks (:mod:`~latentdub.toolkit.faces.measures`), ridge
    from them to the clip's coefficients in its within-clip PCA basis of the
    ``layers``, the penalty cross-validated and shrunk towards the shared
    directions of ``prior`` when present. Pose is regressed alongside, so the
@@ -34,7 +34,7 @@ by ``extrapolate`` of that range each side, the shared directions' range
 included) are limited to it, and the summary says for how many frames.
 A portrait (``animate``) or a clip with fewer than ``min_frames`` faces uses
 the shared directions alone. The component cannot serve
-(:class:`~latentdub.toolkit.errors.CannotServeError`, so the run goes on with
+(:class:`~latentdub.toolkit.core.errors.CannotServeError`, so the run goes on with
 the preset's ``fallback``) when the landmarks have no 68 points, when a clip
 is too short or the mouth's cross-validated R^2 is below ``min_r2`` and no
 shared directions are available.
@@ -48,10 +48,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from latentdub.toolkit.directions import DEFAULT_LAYERS, N_MOUTH, SharedDirections, clip_features, fit_clip, mouth_subspace
-from latentdub.toolkit.errors import BadInputError, CannotServeError, ConfigError, MissingWeightsError, PluginError
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.types import Audio, Motion
+from latentdub.toolkit.learning.directions import DEFAULT_LAYERS, N_MOUTH, SharedDirections, clip_features, fit_clip, mouth_subspace
+from latentdub.toolkit.core.errors import BadInputError, CannotServeError, ConfigError, MissingWeightsError, PluginError
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.types import Audio, Motion
 
 #: Registered weight name of the shared mouth directions (fitted by `latentdub directions fit`; no public download).
 PRIOR_WEIGHT = "mouth-directions"
@@ -91,7 +91,7 @@ class ClipFitConfig:
 
     def __post_init__(self) -> None:
         """Validate ``targets`` against its plugin's config and fill in its defaults."""
-        from latentdub.toolkit.config import config_to_dict
+        from latentdub.toolkit.core.config import config_to_dict
 
         component, config = _target_config(self.targets)
         object.__setattr__(self, "targets", {"plugin": component.name, **config_to_dict(config)})
@@ -99,8 +99,8 @@ class ClipFitConfig:
 
 def _target_config(targets: dict[str, Any], extra: Optional[dict[str, Any]] = None) -> tuple[Any, Any]:
     """The registered ``mouth`` model named by ``targets`` and its parsed config (``extra`` settings added)."""
-    from latentdub.toolkit.config import parse_config
-    from latentdub.toolkit.plugins import get_component
+    from latentdub.toolkit.core.config import parse_config
+    from latentdub.toolkit.core.plugins import get_component
 
     settings = dict(targets)
     plugin = settings.pop("plugin", _default_targets()["plugin"])
@@ -117,7 +117,7 @@ def register_motion_models(register):
 
 @hookimpl
 def register_weights(register):
-    from latentdub.toolkit.weights import WeightSpec
+    from latentdub.toolkit.core.weights import WeightSpec
 
     register(WeightSpec(
         PRIOR_WEIGHT, PRIOR_FILE, url="", sha256="", size=0, licence="yours (fitted with `latentdub directions fit`)",

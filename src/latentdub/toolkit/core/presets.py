@@ -123,7 +123,7 @@ class Preset:
     """A validated preset: core sections, stages, and the data it came from.
 
     ``fallback``: the preset a run continues with when a component raises
-    :class:`~latentdub.toolkit.errors.CannotServeError` (default
+    :class:`~latentdub.toolkit.core.errors.CannotServeError` (default
     :data:`OFFLINE_PRESET`; None: fail with exit 7 instead).
     """
 

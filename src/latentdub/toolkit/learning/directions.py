@@ -1,7 +1,7 @@
 """Mouth directions in W+: a ridge map from mouth shape and head pose to latents.
 
 Per frame ``t`` the features ``x_t`` are the three mouth features and three
-head-pose features of :mod:`~latentdub.toolkit.face_measures`
+head-pose features of :mod:`~latentdub.toolkit.faces.measures`
 (:data:`FEATURES`); the latents ``w_t`` are W+ restricted to the moving
 ``layers`` and flattened. Within one clip (or within each clip of a pooled
 fit, every clip centred on its own means)::
@@ -39,8 +39,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .errors import BadInputError
-from .face_measures import MOUTH_FEATURES, POSE_FEATURES, head_pose, mouth_shapes, neutral_mouth
+from ..core.errors import BadInputError
+from ..faces.measures import MOUTH_FEATURES, POSE_FEATURES, head_pose, mouth_shapes, neutral_mouth
 
 FEATURES = MOUTH_FEATURES + POSE_FEATURES
 N_MOUTH = len(MOUTH_FEATURES)
@@ -281,7 +281,7 @@ class SharedDirections:
 
     ``directions`` float32 ``[F, L, D]`` (zero off ``layers``; rows in
     ``features`` order); ``mouth_range`` float32 ``[2, 3]``; ``fingerprint``:
-    the base generator's (:meth:`~latentdub.toolkit.protocols.Generator.fingerprint`);
+    the base generator's (:meth:`~latentdub.toolkit.core.protocols.Generator.fingerprint`);
     ``info``: how it was fitted (clips, frames, alpha, R^2, encoder, generator).
     """
 
@@ -344,7 +344,7 @@ def fit_shared(clips: Sequence[tuple[str, Callable[[], tuple[np.ndarray, np.ndar
     face, no dense landmarks, too few frames) is skipped with a message; one
     clip's arrays are held at a time.
     """
-    from .errors import NoFaceError
+    from ..core.errors import NoFaceError
 
     pooled = PooledFit()
     shape: Optional[tuple[int, int]] = None
@@ -404,8 +404,8 @@ def fit_from_source(source: Path, preset: Any, batch_size: int = 16, log: Callab
     """
     from tqdm import tqdm
 
-    from .build import Components
-    from .config import config_to_dict
+    from ..core.build import Components
+    from ..core.config import config_to_dict
     from .dataset import MANIFEST, VIDEO_SUFFIXES, find_clips, invert_clip, load_manifest, shard_path
 
     source = Path(source)
@@ -459,8 +459,8 @@ def fit_from_source(source: Path, preset: Any, batch_size: int = 16, log: Callab
 def fit_directions(source: str | Path, output: str | Path, preset: Any = "neural-1024", overrides: Optional[list[str]] = None,
                    batch_size: int = 16, log: Callable[[str], None] = print, progress: bool = False) -> SharedDirections:
     """``latentdub directions fit``: :func:`fit_from_source` then save to ``output`` (checked before any work)."""
-    from .files import check_writable_file
-    from .presets import Preset, resolve_preset
+    from ..core.files import check_writable_file
+    from ..core.presets import Preset, resolve_preset
 
     output = check_writable_file(output, "mouth-directions.safetensors")
     preset = preset if isinstance(preset, Preset) else resolve_preset(preset, overrides)

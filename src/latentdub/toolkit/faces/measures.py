@@ -1,10 +1,10 @@
 """Mouth shape and head pose measured from landmarks, in the units of the ``mouth`` motion codes.
 
 The three mouth features are those the ``visemes`` motion model predicts
-(:data:`MOUTH_FEATURES`, see :class:`~latentdub.toolkit.types.Motion`), all in
+(:data:`MOUTH_FEATURES`, see :class:`~latentdub.toolkit.core.types.Motion`), all in
 inter-ocular distances (IOD) so they do not depend on resolution:
 
-* ``opening``: the inner-lip gap (:func:`~latentdub.toolkit.masks.mouth_opening`), 0 = closed;
+* ``opening``: the inner-lip gap (:func:`~latentdub.toolkit.faces.masks.mouth_opening`), 0 = closed;
 * ``width``: the mouth-corner distance relative to the speaker's neutral width, minus 1
   (spread "ee" > 0, rounded "oo" < 0), as the ``warp`` renderer reads it;
 * ``protrusion``: lip rounding, read in a frontal view as lips thicker than
@@ -27,7 +27,7 @@ import dataclasses
 
 import numpy as np
 
-from .errors import BadInputError
+from ..core.errors import BadInputError
 from .masks import inter_ocular, mouth_opening, mouth_width
 
 #: Column names of :func:`mouth_shapes` (the ``mouth`` motion codes) and of :func:`head_pose`.
@@ -87,7 +87,7 @@ def head_pose(landmarks: np.ndarray) -> np.ndarray:
     if pts.ndim != 3 or pts.shape[1:] not in ((5, 2), (68, 2)):
         raise BadInputError(f"head_pose: expected landmarks [N, 5, 2] or [N, 68, 2], got shape {pts.shape}")
     if pts.shape[1] == 68:
-        from .faces import five_from_68
+        from .align import five_from_68
 
         pts = np.stack([five_from_68(p) for p in pts]).astype(np.float64)
     eye_l, eye_r, nose = pts[:, 0], pts[:, 1], pts[:, 2]
