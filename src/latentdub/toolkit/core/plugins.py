@@ -50,6 +50,7 @@ DEFAULT_PLUGINS = (
     "latentdub.plugins.warp_renderer",
     "latentdub.plugins.audio2latent",
     "latentdub.plugins.viseme_motion",
+    "latentdub.plugins.clipfit",
     "latentdub.plugins.mfcc",
     "latentdub.plugins.pti",
     "latentdub.plugins.metrics",

@@ -28,8 +28,8 @@ import numpy as np
 
 from ..core import protocols
 from ..core.build import Components
-from ..core.errors import NoFaceError, PluginError
-from ..core.presets import Preset, preset_path_for, resolve_preset
+from ..core.errors import CannotServeError, NoFaceError, PluginError
+from ..core.presets import Preset, fallback_preset, preset_path_for, resolve_preset
 from ..core.types import Audio, Frame, Motion, TrackedFace
 from ..media.video import VideoWriter, check_output_path, probe_video, read_frames, read_frames_at, read_image
 
@@ -61,13 +61,13 @@ class RunSummary:
 
     @property
     def frames_by_fallback(self) -> int:
-        """Output frames the renderer drew by its fallback path (counted within ``frames_with_face``)."""
+        """Output frames drawn by a fallback: the renderer's, or the fallback preset's (counted within ``frames_with_face``)."""
         return int(np.count_nonzero(self.frame_kinds == FALLBACK))
 
     def lines(self) -> list[str]:
         """Human-readable summary lines for the CLI."""
         total = sum(self.stage_seconds.values())
-        fallback = f" ({self.frames_by_fallback} by the renderer's fallback)" if self.frames_by_fallback else ""
+        fallback = f" ({self.frames_by_fallback} by a fallback)" if self.frames_by_fallback else ""
         out = [
             f"wrote {self.output} ({self.frames} frames at {self.fps:g} fps, {self.audio_seconds:.2f} s of speech)",
             f"faces: {self.frames_with_face}/{self.frames} output frames dubbed{fallback}, {self.frames_passed_through} passed through untouched",
@@ -232,12 +232,34 @@ def _load_speech(audio: Path, components: Components, summary: RunSummary) -> Au
         return edit_audio(speech, trim=trim, fade_in=edits.fade_in, fade_out=edits.fade_out, target_dbfs=edits.loudness)
 
 
-def _begin_run(output: str | Path, preset: Preset | str, overrides: Optional[list[str]]) -> tuple[Path, Preset, RunSummary]:
-    """Check the output path, resolve the preset and start the run's summary (before any work)."""
+def _begin_run(output: str | Path) -> tuple[Path, RunSummary]:
+    """Check the output path and start the run's summary (before any work)."""
     output = check_output_path(output)
+    return output, RunSummary(output=output, preset_file=preset_path_for(output))
+
+
+def _with_fallback(run: Callable[[Preset], RunSummary], preset: Preset | str, overrides: Optional[list[str]], log: Callable[[str], None]) -> RunSummary:
+    """``run(preset)``; when a component raises :class:`CannotServeError`, ``run`` again with the preset's fallback.
+
+    The second run's summary says why, counts the first attempt's seconds and
+    marks every frame it dubbed :data:`FALLBACK`.
+    """
     if not isinstance(preset, Preset):
         preset = resolve_preset(preset, overrides)
-    return output, preset, RunSummary(output=output, preset_file=preset_path_for(output))
+    start = time.perf_counter()
+    try:
+        return run(preset)
+    except CannotServeError as exc:
+        if not preset.fallback or preset.fallback == preset.name:
+            raise
+        reason = str(exc)
+    log(f"note: {reason}; continuing with the fallback preset {preset.fallback!r}")
+    attempt = time.perf_counter() - start
+    summary = run(fallback_preset(preset))
+    summary.notes.insert(0, f"preset {preset.name!r} could not serve this input ({reason}); rendered with its fallback preset {preset.fallback!r}")
+    summary.stage_seconds = {f"{preset.name} attempt": attempt, **summary.stage_seconds}
+    summary.frame_kinds[summary.frame_kinds == DUBBED] = FALLBACK
+    return summary
 
 
 def _synthesise(
@@ -318,14 +340,20 @@ def dub(
     """Re-lip-sync ``video`` to the speech in ``audio`` and write ``output`` (mp4).
 
     Raises :class:`BadInputError` (unusable files or settings),
-    :class:`NoFaceError` (no usable face in any frame), :class:`MissingWeightsError`
-    or :class:`PluginError`; nothing is left at ``output`` on failure.
+    :class:`NoFaceError` (no usable face in any frame), :class:`MissingWeightsError`,
+    :class:`PluginError`, or :class:`CannotServeError` when a component cannot
+    serve the clip and the preset names no ``fallback`` (otherwise the run goes
+    on with the fallback preset); nothing is left at ``output`` on failure.
     """
+    return _with_fallback(lambda p: _dub(Path(video), Path(audio), output, p, profile, progress, log), preset, overrides, log)
+
+
+def _dub(video: Path, audio: Path, output: str | Path, preset: Preset, profile: Optional[Path], progress: bool, log: Callable[[str], None]) -> RunSummary:
+    """:func:`dub` with one resolved preset."""
     from ..faces.track import analyse_video
     from .timing import is_monotonic, plan_timeline, timeline_audio
 
-    video, audio = Path(video), Path(audio)
-    output, preset, summary = _begin_run(output, preset, overrides)
+    output, summary = _begin_run(output)
     info = probe_video(video)
     components = Components(preset, profile=profile, log=log)
     speech = _load_speech(audio, components, summary)
@@ -464,13 +492,18 @@ def animate(
 ) -> RunSummary:
     """Animate a single portrait ``image`` with the speech in ``audio`` (the paper's mode).
 
-    The output runs at ``output.fps`` (25 when unset) for the speech's length.
+    The output runs at ``output.fps`` (25 when unset) for the speech's length;
+    errors and the fallback as for :func:`dub`.
     """
+    return _with_fallback(lambda p: _animate(Path(image), Path(audio), output, p, profile, progress, log), preset, overrides, log)
+
+
+def _animate(image: Path, audio: Path, output: str | Path, preset: Preset, profile: Optional[Path], progress: bool, log: Callable[[str], None]) -> RunSummary:
+    """:func:`animate` with one resolved preset."""
     from ..faces.track import track_still
     from .timing import plan_timeline, timeline_audio
 
-    image, audio = Path(image), Path(audio)
-    output, preset, summary = _begin_run(output, preset, overrides)
+    output, summary = _begin_run(output)
     picture = read_image(image)
     components = Components(preset, profile=profile, log=log)
     speech = _load_speech(audio, components, summary)

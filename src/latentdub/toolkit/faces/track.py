@@ -399,8 +399,11 @@ def keyframe_features(track: FaceTrack) -> tuple[np.ndarray, np.ndarray]:
     opening and mouth width (over the inter-ocular distance; opening only
     with 68 points), yaw proxy (nose offset along the eye axis over the
     inter-ocular distance) and pitch proxy (nose offset across it over the
-    eye-to-mouth distance). Detected frames are preferred over bridged ones.
+    inter-ocular distance; :func:`~latentdub.toolkit.faces.measures.head_pose`).
+    Detected frames are preferred over bridged ones.
     """
+    from .measures import head_pose
+
     status = np.asarray(track.status)
     lm5 = np.asarray(track.landmarks5, np.float64)
     ok = (status != NO_FACE) & np.isfinite(lm5).all(axis=(1, 2))
@@ -409,17 +412,8 @@ def keyframe_features(track: FaceTrack) -> tuple[np.ndarray, np.ndarray]:
     measured = ok & (status != BRIDGED)
     frames = np.flatnonzero(measured if measured.any() else ok)
     pts = lm5[frames]
-    eye_l, eye_r, nose, mouth_l, mouth_r = (pts[:, i] for i in range(5))
-    eye_mid, mouth_mid = (eye_l + eye_r) / 2, (mouth_l + mouth_r) / 2
-    axis = eye_r - eye_l
-    ocular = np.maximum(np.linalg.norm(axis, axis=1), 1e-6)
-    x_hat = axis / ocular[:, None]
-    y_hat = np.stack([-x_hat[:, 1], x_hat[:, 0]], axis=1)
-    rel = nose - eye_mid
-    face_h = np.maximum(np.einsum("ij,ij->i", mouth_mid - eye_mid, y_hat), 1e-6)
-    yaw = np.einsum("ij,ij->i", rel, x_hat) / ocular
-    pitch = np.einsum("ij,ij->i", rel, y_hat) / face_h
-    width = np.linalg.norm(mouth_r - mouth_l, axis=1) / ocular
+    yaw, pitch, _ = head_pose(pts).T
+    width = np.linalg.norm(pts[:, 4] - pts[:, 3], axis=1) / np.maximum(np.linalg.norm(pts[:, 1] - pts[:, 0], axis=1), 1e-6)
     columns = [width, yaw, pitch]
     if track.landmarks68 is not None:
         from .masks import mouth_opening
