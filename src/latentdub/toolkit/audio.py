@@ -206,8 +206,8 @@ class SpeechPlan:
     def block(self, source: np.ndarray, first: int, stop: int, scale: float = 1.0) -> np.ndarray:
         """float64 ``[stop - first, *source.shape[1:]]``: output samples ``first:stop``.
 
-        ``source`` is ``[n]`` or ``[n, channels]`` of any numeric dtype (a
-        memmap works: only the samples needed are read); ``source * scale``
+        ``source`` is ``[n]`` or ``[n, channels]`` of any numeric dtype (an
+        array-like that reads slices on demand works, see soundtrack.RawSamples); ``source * scale``
         is the signal in full-scale units.
         """
         out = np.zeros((stop - first, *source.shape[1:]), np.float64)
@@ -237,9 +237,13 @@ class SpeechPlan:
             ramp *= np.minimum((self.length - 1 - k) / self.fade_out, 1.0)
         return ramp
 
-    def render(self, source: np.ndarray, scale: float = 1.0) -> np.ndarray:
-        """The whole track, float64 ``[total, *source.shape[1:]]`` (for sources that fit in memory)."""
-        return self.block(source, 0, self.total, scale)
+    def render(self, source: np.ndarray, scale: float = 1.0, dtype: type = np.float64, block: int = 1 << 20) -> np.ndarray:
+        """The whole track, ``dtype`` ``[total, *source.shape[1:]]``, made ``block`` samples at a time
+        (so a float32 track needs no float64 copy of the whole speech)."""
+        out = np.empty((self.total, *source.shape[1:]), dtype)
+        for first, stop in spans(self.total, block):
+            out[first:stop] = self.block(source, first, stop, scale)
+        return out
 
 
 def spans(total: int, size: int) -> Iterator[tuple[int, int]]:
@@ -275,7 +279,7 @@ def loudness_gain(plan: SpeechPlan, source: np.ndarray, target_dbfs: float, scal
     """Linear gain bringing the RMS level of ``plan``'s edited speech (all channels, fades applied)
     to ``target_dbfs``, capped so the peak stays at or below 0 dBFS; 1.0 for silence.
 
-    Reads ``source`` in blocks of ``block`` samples, so a memmap of hours of speech is fine.
+    Reads ``source`` in blocks of ``block`` samples, so hours of speech read from disk are fine.
     """
     edited = dataclasses.replace(plan, shift=0, total=plan.length, gain=1.0)
     power, count, peak = 0.0, 0, 0.0
@@ -298,7 +302,7 @@ def fit_duration(audio: Audio, duration: float, offset: float = 0.0) -> Audio:
     """
     n = len(audio.samples)
     plan = SpeechPlan(start=0, length=n, total=n).placed(duration, offset, audio.sample_rate)
-    return Audio(plan.render(audio.samples).astype(np.float32), audio.sample_rate, audio.path)
+    return Audio(plan.render(audio.samples, dtype=np.float32), audio.sample_rate, audio.path)
 
 
 def edit_audio(
@@ -329,4 +333,4 @@ def edit_audio(
         plan = dataclasses.replace(plan, gain=loudness_gain(plan, audio.samples, target_dbfs))
     head, tail = int(round(pad_start * sr)), int(round(pad_end * sr))
     plan = dataclasses.replace(plan, shift=head, total=head + plan.length + tail)
-    return Audio(np.clip(plan.render(audio.samples), -1.0, 1.0).astype(np.float32), sr, audio.path)
+    return Audio(np.clip(plan.render(audio.samples, dtype=np.float32), -1.0, 1.0), sr, audio.path)

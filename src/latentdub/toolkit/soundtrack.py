@@ -5,8 +5,7 @@ the output carries the speech as delivered. Both are made by the same
 :class:`~latentdub.toolkit.audio.SpeechPlan` (the ``speech`` edits, then the
 timeline's offset and pad or cut), here at the speech's own rate on all its
 channels. The speech is decoded once by ffmpeg into a raw file in the run's
-temporary folder, read back through a memmap in blocks and written as the
-encoder's input, so memory stays flat however long the speech is.
+temporary folder, read back in blocks and written as the encoder's input, so memory stays flat however long the speech is.
 
 ``output.audio_codec`` and the containers that take it (checked before any work):
 
@@ -221,11 +220,10 @@ def write_track(fmt: TrackFormat, edits: SpeechConfig, timeline: Timeline, workd
     track = workdir / "speech.track.raw"
     read_as, scale = _decode(fmt, decoded)
     frame = fmt.channels * np.dtype(RAW[read_as][1]).itemsize
-    n = decoded.stat().st_size // frame
-    if n == 0:
+    if decoded.stat().st_size < frame:
         raise BadInputError(f"{speech}: audio stream holds no samples; give a file with speech")
-    source = np.memmap(decoded, dtype=RAW[read_as][1], mode="r", shape=(n, fmt.channels))
-    plan = edit_plan(n, fmt.sample_rate, edits.trim, edits.fade_in, edits.fade_out)
+    source = RawSamples(decoded, RAW[read_as][1], fmt.channels)
+    plan = edit_plan(len(source), fmt.sample_rate, edits.trim, edits.fade_in, edits.fade_out)
     gain_db = None
     if edits.loudness is not None:
         plan = dataclasses.replace(plan, gain=loudness_gain(plan, source, edits.loudness, scale, BLOCK))
@@ -238,7 +236,6 @@ def write_track(fmt: TrackFormat, edits: SpeechConfig, timeline: Timeline, workd
     except OSError as exc:
         raise OutputError(f"{track}: cannot write the sound track ({exc.strerror or exc}); free space in the temporary folder (TMPDIR)") from None
     finally:
-        del source
         decoded.unlink(missing_ok=True)
     raw_format = RAW[fmt.sample][0]
     inputs = ("-f", raw_format, "-ar", str(fmt.sample_rate), "-ch_layout", fmt.layout, "-i", str(track))
@@ -269,6 +266,24 @@ def _decode(fmt: TrackFormat, path: Path) -> tuple[str, float]:
     if proc.returncode != 0:
         raise decode_failure(info.path, proc.stderr.decode("utf-8", "replace"), proc.returncode)
     return read_as, (2.0 ** -31 if read_as == "s32" else 1.0)
+
+
+class RawSamples:
+    """Interleaved raw samples in a file, sliced like an ``[n, channels]`` array: each slice is read
+    from disk (no memmap, whose pages would count in the process's memory as the file is read)."""
+
+    def __init__(self, path: Path, dtype: str, channels: int) -> None:
+        self.path, self.dtype, self.channels = path, np.dtype(dtype), channels
+        self.shape = (path.stat().st_size // (channels * self.dtype.itemsize), channels)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, span: slice) -> np.ndarray:
+        first, stop, _ = span.indices(self.shape[0])
+        count = max(stop - first, 0) * self.channels
+        data = np.fromfile(self.path, self.dtype, count=count, offset=first * self.channels * self.dtype.itemsize)
+        return data.reshape(-1, self.channels)
 
 
 def _quantise(block: np.ndarray, fmt: TrackFormat) -> np.ndarray:
