@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit import pipeline
-from latentdub.toolkit.audio import SpeechPlan, edit_plan, loudness_gain, probe_audio, spans
-from latentdub.toolkit.errors import BadInputError
-from latentdub.toolkit.frame_timing import measure_frame_timing, rate_conversion_note
-from latentdub.toolkit.pipeline import animate, dub
+from latentdub.toolkit.core.errors import BadInputError
+from latentdub.toolkit.dubbing import pipeline
+from latentdub.toolkit.dubbing.pipeline import animate, dub
+from latentdub.toolkit.media.audio import SpeechPlan, edit_plan, loudness_gain, probe_audio, spans
+from latentdub.toolkit.media.frame_timing import measure_frame_timing, rate_conversion_note
 
 from . import media
 

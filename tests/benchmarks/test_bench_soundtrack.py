@@ -18,10 +18,10 @@ from .. import media
 PEAK_SCRIPT = """
 import json, resource, sys, tempfile, time
 from pathlib import Path
-from latentdub.toolkit.audio import probe_audio
-from latentdub.toolkit.presets import OutputConfig, SpeechConfig
-from latentdub.toolkit.soundtrack import choose_format, write_track
-from latentdub.toolkit.timing import plan_timeline
+from latentdub.toolkit.core.presets import OutputConfig, SpeechConfig
+from latentdub.toolkit.dubbing.soundtrack import choose_format, write_track
+from latentdub.toolkit.dubbing.timing import plan_timeline
+from latentdub.toolkit.media.audio import probe_audio
 speech, codec, seconds = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 fmt = choose_format(probe_audio(speech), OutputConfig(audio_codec=codec), Path("out.mkv"))
 edits = SpeechConfig(trim_start=0.5, fade_in=0.2, fade_out=0.5, loudness=-20.0)
@@ -58,10 +58,10 @@ def test_track_memory_is_flat_in_speech_length(grid_clips, tmp_path):
 @pytest.mark.parametrize("codec", ["pcm", "aac"])
 def test_bench_write_track(benchmark, grid_clips, tmp_path, codec):
     """Seconds to decode, edit (trim, fades, loudness) and fit 60 s of speech into the encoder's input."""
-    from latentdub.toolkit.audio import probe_audio
-    from latentdub.toolkit.presets import OutputConfig, SpeechConfig
-    from latentdub.toolkit.soundtrack import choose_format, write_track
-    from latentdub.toolkit.timing import plan_timeline
+    from latentdub.toolkit.core.presets import OutputConfig, SpeechConfig
+    from latentdub.toolkit.dubbing.soundtrack import choose_format, write_track
+    from latentdub.toolkit.dubbing.timing import plan_timeline
+    from latentdub.toolkit.media.audio import probe_audio
 
     speech = long_speech(grid_clips[3], tmp_path / "minute.wav", 60.0)
     fmt = choose_format(probe_audio(speech), OutputConfig(audio_codec=codec), Path("out.mkv"))

@@ -1,8 +1,8 @@
 """The delivered sound track: the user's speech at its own rate and channels, edited, fitted and encoded.
 
-Motion models hear a 16 kHz mono copy (:func:`~latentdub.toolkit.audio.load_audio`);
+Motion models hear a 16 kHz mono copy (:func:`~latentdub.toolkit.media.audio.load_audio`);
 the output carries the speech as delivered. Both are made by the same
-:class:`~latentdub.toolkit.audio.SpeechPlan` (the ``speech`` edits, then the
+:class:`~latentdub.toolkit.media.audio.SpeechPlan` (the ``speech`` edits, then the
 timeline's offset and pad or cut), here at the speech's own rate on all its
 channels. The speech is decoded once by ffmpeg into a raw file in the run's
 temporary folder, read back in blocks and written as the encoder's input, so memory stays flat however long the speech is.
@@ -38,12 +38,12 @@ from typing import Optional
 
 import numpy as np
 
-from .audio import decode_failure, edit_plan, ffmpeg_exe, loudness_gain, spans
-from .errors import BadInputError, OutputError
-from .presets import OutputConfig, SpeechConfig
+from ..core.errors import BadInputError, OutputError
+from ..core.presets import OutputConfig, SpeechConfig
+from ..core.types import AudioInfo
+from ..media.audio import decode_failure, edit_plan, ffmpeg_exe, loudness_gain, spans
+from ..media.video import MuxedAudio
 from .timing import Timeline
-from .types import AudioInfo
-from .video import MuxedAudio
 
 #: Container suffix -> the ``output.audio_codec`` values it takes (besides ``copy``).
 CONTAINER_CODECS = {

@@ -4,7 +4,7 @@ Frames are decoded one at a time from a pipe (memory does not grow with clip
 length), resampled to a constant rate (variable-frame-rate input becomes
 constant), rotated upright per the file's display matrix, and handed out as
 uint8 RGB ``[H, W, 3]``. Output is H.264 (yuv420p) with the sound track that
-toolkit/soundtrack.py prepares (:class:`MuxedAudio`), written to a temporary
+toolkit/dubbing/soundtrack.py prepares (:class:`MuxedAudio`), written to a temporary
 file beside the target and renamed only when complete.
 """
 
@@ -20,9 +20,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .errors import BadInputError, OutputError
-from .files import check_writable_file
-from .types import Frame, VideoInfo
+from ..core.errors import BadInputError, OutputError
+from ..core.files import check_writable_file
+from ..core.types import Frame, VideoInfo
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 

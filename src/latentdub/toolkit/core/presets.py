@@ -43,7 +43,7 @@ class OutputConfig:
     ``aac`` (at ``audio_bitrate``), ``pcm``, ``flac``, ``alac`` (lossless, where
     the container takes them) or ``copy`` (the stream unchanged, when nothing
     edits it); ``audio_rate`` (Hz) and ``audio_channels`` override the speech's
-    own (see toolkit/soundtrack.py)."""
+    own (see toolkit/dubbing/soundtrack.py)."""
 
     crf: int = 18
     x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = "veryfast"

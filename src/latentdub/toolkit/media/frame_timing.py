@@ -2,7 +2,7 @@
 
 ``ffmpeg -i`` reports one frame rate per stream, even for variable-frame-rate
 footage (phone clips, screen recordings, edited MKVs). The pipeline decodes at
-a constant rate (:func:`~latentdub.toolkit.video.read_frames` repeats or drops
+a constant rate (:func:`~latentdub.toolkit.media.video.read_frames` repeats or drops
 frames to fit); :func:`measure_frame_timing` lists the video packets'
 timestamps (``-c copy -f framecrc``: the file is read, nothing is decoded) so
 the run summary can say when that conversion happened and what it did.

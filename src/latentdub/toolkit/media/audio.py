@@ -5,7 +5,7 @@ ffprobe is needed): ``ffmpeg -i FILE -map 0:a:0 -ac 1 -ar RATE -f f32le -``
 pipes raw float32 PCM of the first audio stream, downmixed to mono by
 averaging the channels and resampled by ffmpeg's resampler: the analysis copy
 every speech model hears. :func:`probe_audio` reads the stream's own rate,
-channels and sample format for the delivered track (toolkit/soundtrack.py).
+channels and sample format for the delivered track (toolkit/dubbing/soundtrack.py).
 Editing (:class:`SpeechPlan`) is numpy on ``[n]`` or ``[n, channels]``
 samples at any rate, sample-exact, and reads long speech in blocks.
 
@@ -25,8 +25,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .errors import BadInputError, OutputError
-from .types import Audio, AudioInfo
+from ..core.errors import BadInputError, OutputError
+from ..core.types import Audio, AudioInfo
 
 #: Sample rate every speech model in latentdub works at, in Hz.
 SPEECH_RATE = 16000
