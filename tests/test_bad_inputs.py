@@ -80,13 +80,17 @@ def test_two_faces_dubs_the_largest(grid_clips, tmp_path):
 
 
 def test_variable_frame_rate_clip(grid_clips, tmp_path):
+    """VFR footage is dubbed at a constant rate, and the summary says so (source average, output rate, frames repeated)."""
+    from latentdub.toolkit.dubbing.pipeline import dub as dub_api
+
     clip = media.variable_frame_rate(grid_clips[0], tmp_path / "vfr.mkv")
     out = tmp_path / "o.mp4"
-    result = dub(clip, grid_clips[1], out, "--set", "output.fps=25")
-    assert result.exit_code == 0, result.output
+    summary = dub_api(clip, grid_clips[1], out, preset="preview", overrides=["output.fps=25"], log=lambda m: None)
     info = probe_video(out)
     assert info.fps == 25
     assert info.duration == pytest.approx(probe_video(clip).duration, abs=0.15)
+    assert ("note: vfr.mkv: variable frame rate (75 frames, average 19.681 fps, gaps 40-80 ms) converted to constant 25 fps: "
+            f"{summary.frames - 75} frames repeated") in summary.lines()
 
 
 @pytest.mark.parametrize("target", ["missing-folder/o.mp4", "afile/o.mp4", "o.txt", "."])

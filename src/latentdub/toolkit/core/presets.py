@@ -37,7 +37,13 @@ STAGES = {
 class OutputConfig:
     """Encoding of the result: x264 ``crf`` (0-51, lower is better) and ``preset``;
     ``fps`` None follows the input; ``preview`` writes a side-by-side video beside
-    the output and ``contact_sheet`` a PNG grid of frames."""
+    the output and ``contact_sheet`` a PNG grid of frames.
+
+    The sound track is the speech at its own rate and channels: ``audio_codec``
+    ``aac`` (at ``audio_bitrate``), ``pcm``, ``flac``, ``alac`` (lossless, where
+    the container takes them) or ``copy`` (the stream unchanged, when nothing
+    edits it); ``audio_rate`` (Hz) and ``audio_channels`` override the speech's
+    own (see toolkit/dubbing/soundtrack.py)."""
 
     crf: int = 18
     x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = "veryfast"
@@ -45,6 +51,9 @@ class OutputConfig:
     audio_bitrate: str = "160k"
     preview: bool = False
     contact_sheet: bool = False
+    audio_codec: Literal["aac", "pcm", "flac", "alac", "copy"] = "aac"
+    audio_rate: Optional[int] = None
+    audio_channels: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +89,11 @@ class SpeechConfig:
     def is_identity(self) -> bool:
         """True when the settings leave the speech unchanged."""
         return self == SpeechConfig()
+
+    @property
+    def trim(self) -> Optional[tuple[float, Optional[float]]]:
+        """``(trim_start, trim_end)`` seconds, or None when the whole speech is kept."""
+        return (self.trim_start, self.trim_end) if self.trim_start or self.trim_end is not None else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,6 +48,28 @@ class VideoInfo:
 
 
 @dataclass(frozen=True)
+class AudioInfo:
+    """What the decoder reports about the first audio stream of a file.
+
+    ``codec``: ffmpeg's decoder name (``pcm_s24le``, ``flac``, ``aac``...);
+    ``layout``: ffmpeg's channel layout name (``stereo``, ``5.1(side)``,
+    ``2 channels``); ``sample_format``: decoded sample type without the
+    planar ``p`` (``s16``, ``s32``, ``flt``, ``dbl``, ``u8``); ``bits``:
+    significant bits per sample of an integer lossless stream (24 for
+    ``s32 (24 bit)``), None for float or lossy streams.
+    """
+
+    path: Path
+    codec: str
+    sample_rate: int
+    channels: int
+    layout: str
+    sample_format: str
+    bits: Optional[int]
+    lossless: bool
+
+
+@dataclass(frozen=True)
 class Frame:
     """One decoded frame: ``image`` is uint8 ``[H, W, 3]`` RGB, ``time`` in seconds."""
 

@@ -11,7 +11,9 @@ Two streaming passes over the footage keep memory flat in clip length:
    batches, composite it back, encode; frames without a face pass through.
 
 Speech goes through the motion model once for the whole output timeline
-(compact per-frame codes), and is muxed into the result as AAC.
+(compact per-frame codes) as a 16 kHz mono copy; the result carries the speech
+itself, at its own rate and channels, with the same edits and timeline fit
+(toolkit/dubbing/soundtrack.py), encoded as ``output.audio_codec`` says.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from ..core.errors import CannotServeError, NoFaceError, PluginError
 from ..core.presets import Preset, fallback_preset, preset_path_for, resolve_preset
 from ..core.types import Audio, Frame, Motion, TrackedFace
 from ..media.video import VideoWriter, check_output_path, probe_video, read_frames, read_frames_at, read_image
+from .soundtrack import TrackFormat, choose_format, require_copyable, write_track
+from .timing import Timeline
 
 #: Reference crops handed to ``Renderer.prepare`` (spread over the clip).
 N_REFERENCES = 8
@@ -58,6 +62,16 @@ class RunSummary:
     notes: list[str] = dataclasses.field(default_factory=list)
     #: uint8 ``[frames]``: :data:`PASSED`, :data:`DUBBED` or :data:`FALLBACK` per output frame.
     frame_kinds: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.uint8))
+    #: Seconds of the speech file, and of what the ``speech`` edits keep of it.
+    speech_seconds: float = 0.0
+    speech_kept_seconds: float = 0.0
+    #: Start of the speech in the output (``timing.audio_offset``) and the silence appended to reach
+    #: the output's length (negative: speech cut), seconds; ``audio_seconds`` is the track's length.
+    audio_offset: float = 0.0
+    audio_pad_seconds: float = 0.0
+    #: How the sound track is stored (codec, rate, layout, depth), and whether the speech stream was copied as is.
+    audio_track: str = ""
+    audio_copied: bool = False
 
     @property
     def frames_by_fallback(self) -> int:
@@ -69,7 +83,9 @@ class RunSummary:
         total = sum(self.stage_seconds.values())
         fallback = f" ({self.frames_by_fallback} by a fallback)" if self.frames_by_fallback else ""
         out = [
-            f"wrote {self.output} ({self.frames} frames at {self.fps:g} fps, {self.audio_seconds:.2f} s of speech)",
+            f"wrote {self.output} ({self.frames} frames at {self.fps:g} fps, {self.frames / max(self.fps, 1e-9):.2f} s)",
+            self._speech_line(),
+            f"audio: {self.audio_track}",
             f"faces: {self.frames_with_face}/{self.frames} output frames dubbed{fallback}, {self.frames_passed_through} passed through untouched",
             "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.stage_seconds.items()) + f" (total {total:.2f}s, {self.frames / max(total, 1e-9):.1f} frames/s)",
             f"resolved preset: {self.preset_file}",
@@ -77,6 +93,21 @@ class RunSummary:
         out += [f"also wrote {p}" for p in self.extras]
         out += [f"note: {n}" for n in self.notes]
         return out
+
+    def _speech_line(self) -> str:
+        parts = [f"speech: {self.speech_seconds:.2f} s"]
+        if abs(self.speech_kept_seconds - self.speech_seconds) > 5e-4:
+            parts.append(f"{self.speech_kept_seconds:.2f} s kept by the speech edits")
+        if self.audio_offset:
+            parts.append(f"starting at {self.audio_offset:+.2f} s (timing.audio_offset)")
+        pad = self.audio_pad_seconds
+        if self.audio_copied:
+            parts.append(f"copied as it is, {abs(pad):.3f} s {'shorter' if pad > 0 else 'longer'} than the picture")
+        elif abs(pad) <= 5e-4:
+            parts.append("neither padded nor cut")
+        else:
+            parts.append(f"{pad:.2f} s of silence added at the end" if pad > 0 else f"the last {-pad:.2f} s cut")
+        return ", ".join(parts) + f"; the track lasts {self.audio_seconds:.2f} s"
 
 
 @contextmanager
@@ -219,17 +250,35 @@ def _contact_sheet(frames: list[np.ndarray], path: Path) -> Path:
     return path
 
 
-def _load_speech(audio: Path, components: Components, summary: RunSummary) -> Audio:
-    """Decode the speech at the motion model's rate and apply the preset's ``speech`` edits."""
-    from ..media.audio import edit_audio, load_audio
+def _load_speech(audio: Path, output: Path, components: Components, summary: RunSummary) -> tuple[Audio, TrackFormat]:
+    """The analysis copy (decoded at the motion model's rate, mono, with the preset's ``speech`` edits)
+    and the format of the delivered track (checked against the output container before any work)."""
+    from ..media.audio import edit_audio, load_audio, probe_audio
 
-    edits = components.preset.speech
+    preset = components.preset
+    edits = preset.speech
     with _timed(summary, "audio"):
+        track = choose_format(probe_audio(audio), preset.output, output)
+        summary.notes += list(track.notes)
         speech = load_audio(audio, sample_rate=int(getattr(components["motion"], "sample_rate", 16000)))
-        if edits.is_identity:
-            return speech
-        trim = (edits.trim_start, edits.trim_end) if edits.trim_start or edits.trim_end is not None else None
-        return edit_audio(speech, trim=trim, fade_in=edits.fade_in, fade_out=edits.fade_out, target_dbfs=edits.loudness)
+        summary.speech_seconds = speech.duration
+        if not edits.is_identity:
+            speech = edit_audio(speech, trim=edits.trim, fade_in=edits.fade_in, fade_out=edits.fade_out, target_dbfs=edits.loudness)
+        summary.speech_kept_seconds = speech.duration
+    return speech, track
+
+
+def _fit_speech(speech: Audio, timeline: Timeline, sound: TrackFormat, preset: Preset, summary: RunSummary) -> Audio:
+    """The analysis copy fitted to ``timeline`` (checking ``copy`` can apply); the summary records the fit."""
+    from .timing import timeline_audio
+
+    require_copyable(sound, preset.speech, timeline)
+    summary.frames, summary.fps = timeline.n_frames, timeline.fps
+    summary.audio_offset, summary.audio_pad_seconds = timeline.audio_offset, timeline.pad_audio_seconds
+    summary.audio_track, summary.audio_copied = sound.describe(), sound.codec == "copy"
+    fitted = timeline_audio(speech, timeline)
+    summary.audio_seconds = speech.duration if summary.audio_copied else fitted.duration
+    return fitted
 
 
 def _begin_run(output: str | Path) -> tuple[Path, RunSummary]:
@@ -271,14 +320,14 @@ def _synthesise(
     size: tuple[int, int],
     n_out: int,
     speech: Audio,
+    timeline: Timeline,
+    sound: TrackFormat,
     frame_for: Callable[[int], tuple[np.ndarray, Optional[TrackedFace]]],
     references: tuple[np.ndarray, np.ndarray],
     progress: bool,
     workdir: Path,
 ) -> None:
-    """Motion, render, composite and encode ``n_out`` frames into ``output``."""
-    from ..media.audio import save_wav
-
+    """Motion, render, composite and encode ``n_out`` frames into ``output`` with the delivered ``sound`` track."""
     preset = components.preset
     renderer, motion_model = _check_motion_fits(components)
     with _timed(summary, "motion"):
@@ -288,15 +337,18 @@ def _synthesise(
             raise PluginError(f"motion plugin {preset.stages['motion'].plugin!r} returned {len(motion)} frames, expected {n_out}")
     summary.notes += [str(n) for n in motion.extra.get("notes", ())]
     summary.frame_kinds = np.full(n_out, PASSED, np.uint8)
-    wav = save_wav(speech, workdir / "speech.wav")
-    writer = VideoWriter(output, fps, size, preset.output.crf, preset.output.x264_preset, audio=wav, audio_bitrate=preset.output.audio_bitrate)
+    with _timed(summary, "audio"):
+        delivered = write_track(sound, preset.speech, timeline, workdir)
+    if delivered.gain_db is not None:
+        summary.notes.append(f"speech.loudness={preset.speech.loudness:g} dBFS: gain {delivered.gain_db:+.1f} dB")
+    writer = VideoWriter(output, fps, size, preset.output.crf, preset.output.x264_preset, audio=delivered.mux)
     opened = [writer]
     writers: list[Callable[[np.ndarray, np.ndarray], None]] = [lambda src, out: writer.write(out)]
     sheet_frames: list[np.ndarray] = []
     sheet_at = set(np.linspace(0, n_out - 1, num=min(8, n_out)).round().astype(int).tolist())
     if preset.output.preview:
         preview_path = output.with_name(output.stem + ".preview" + output.suffix)
-        preview = VideoWriter(preview_path, fps, (size[0] * 2, size[1]), preset.output.crf, preset.output.x264_preset, audio=wav)
+        preview = VideoWriter(preview_path, fps, (size[0] * 2, size[1]), preset.output.crf, preset.output.x264_preset, audio=delivered.mux)
         opened.append(preview)
         writers.append(lambda src, out: preview.write(np.concatenate([src, out], axis=1)))
     if preset.output.contact_sheet:
@@ -351,15 +403,20 @@ def dub(
 def _dub(video: Path, audio: Path, output: str | Path, preset: Preset, profile: Optional[Path], progress: bool, log: Callable[[str], None]) -> RunSummary:
     """:func:`dub` with one resolved preset."""
     from ..faces.track import analyse_video
-    from .timing import is_monotonic, plan_timeline, timeline_audio
+    from ..media.frame_timing import measure_frame_timing, rate_conversion_note
+    from .timing import is_monotonic, plan_timeline
 
     output, summary = _begin_run(output)
     info = probe_video(video)
     components = Components(preset, profile=profile, log=log)
-    speech = _load_speech(audio, components, summary)
+    speech, sound = _load_speech(audio, output, components, summary)
     fps = float(preset.output.fps or info.fps)
     if abs(fps - info.fps) > 1e-6:
         info = dataclasses.replace(info, fps=fps, n_frames=max(1, int(info.duration * fps + 0.5)))
+    # fail before the analysis pass when the speech cannot be copied into this timeline
+    require_copyable(sound, preset.speech, plan_timeline(info.n_frames, fps, speech.duration, preset.timing.length_policy, preset.timing.audio_offset))
+    frame_timing = measure_frame_timing(video)
+    info = dataclasses.replace(info, variable_frame_rate=bool(frame_timing and frame_timing.variable))
     detector = components["detector"]
     with _timed(summary, "analyse"), _progress(info.n_frames, "analyse", progress) as bar:
         kept = _FrameKeeper(info.n_frames)
@@ -371,9 +428,10 @@ def _dub(video: Path, audio: Path, output: str | Path, preset: Preset, profile: 
     if track.n_faces_max > 1:
         summary.notes.append(f"up to {track.n_faces_max} faces per frame; dubbing the {preset.track.select} one (track.select)")
     info = dataclasses.replace(info, n_frames=track.n_frames)
+    retimed = rate_conversion_note(video.name, frame_timing, fps, track.n_frames)
+    summary.notes += [retimed] if retimed else []
     timeline = plan_timeline(track.n_frames, fps, speech.duration, preset.timing.length_policy, audio_offset=preset.timing.audio_offset)
-    speech = timeline_audio(speech, timeline)
-    summary.frames, summary.fps, summary.audio_seconds = timeline.n_frames, fps, speech.duration
+    speech = _fit_speech(speech, timeline, sound, preset, summary)
     summary.faces_max = track.n_faces_max
     _study_source(
         components, lambda: ((f.image, track[f.index]) for f in read_frames(video, fps=fps, info=info) if f.index < track.n_frames),
@@ -390,7 +448,7 @@ def _dub(video: Path, audio: Path, output: str | Path, preset: Preset, profile: 
         try:
             _synthesise(
                 components=components, summary=summary, output=output, fps=fps, size=(info.width, info.height),
-                n_out=timeline.n_frames, speech=speech,
+                n_out=timeline.n_frames, speech=speech, timeline=timeline, sound=sound,
                 frame_for=lambda t: _frame_and_face(source, track, int(source_index[t])),
                 references=references, progress=progress, workdir=workdir,
             )
@@ -501,12 +559,16 @@ def animate(
 def _animate(image: Path, audio: Path, output: str | Path, preset: Preset, profile: Optional[Path], progress: bool, log: Callable[[str], None]) -> RunSummary:
     """:func:`animate` with one resolved preset."""
     from ..faces.track import track_still
-    from .timing import plan_timeline, timeline_audio
+    from .timing import plan_timeline
 
     output, summary = _begin_run(output)
     picture = read_image(image)
     components = Components(preset, profile=profile, log=log)
-    speech = _load_speech(audio, components, summary)
+    speech, sound = _load_speech(audio, output, components, summary)
+    fps = float(preset.output.fps or 25.0)
+    # a one-frame "video" held for as long as the speech lasts
+    timeline = plan_timeline(1, fps, speech.duration, "hold", audio_offset=preset.timing.audio_offset)
+    speech = _fit_speech(speech, timeline, sound, preset, summary)
     with _timed(summary, "analyse"):
         tracked = track_still(picture, components["detector"], preset.track)
     if tracked.face is None:
@@ -514,12 +576,7 @@ def _animate(image: Path, audio: Path, output: str | Path, preset: Preset, profi
     # yuv420p needs even sides: crop the portrait by at most one pixel
     h, w = picture.shape[0] // 2 * 2, picture.shape[1] // 2 * 2
     picture = np.ascontiguousarray(picture[:h, :w])
-    fps = float(preset.output.fps or 25.0)
-    # a one-frame "video" held for as long as the speech lasts
-    timeline = plan_timeline(1, fps, speech.duration, "hold", audio_offset=preset.timing.audio_offset)
     n_out = timeline.n_frames
-    speech = timeline_audio(speech, timeline)
-    summary.frames, summary.fps, summary.audio_seconds = n_out, fps, speech.duration
     from ..faces.align import warp_to_crop
 
     crop = warp_to_crop(picture, tracked.alignment)
@@ -527,7 +584,7 @@ def _animate(image: Path, audio: Path, output: str | Path, preset: Preset, profi
     _study_source(components, lambda: iter([(picture, tracked)]), summary, progress, 1)
     with tempfile.TemporaryDirectory(prefix="latentdub-") as tmp:
         _synthesise(
-            components=components, summary=summary, output=output, fps=fps, size=(w, h), n_out=n_out, speech=speech,
+            components=components, summary=summary, output=output, fps=fps, size=(w, h), n_out=n_out, speech=speech, timeline=timeline, sound=sound,
             frame_for=lambda t: (picture, tracked), references=references, progress=progress, workdir=Path(tmp),
         )
     preset.write(summary.preset_file)

@@ -3,9 +3,11 @@
 Decoding goes through the ffmpeg binary bundled with ``imageio-ffmpeg`` (no
 ffprobe is needed): ``ffmpeg -i FILE -map 0:a:0 -ac 1 -ar RATE -f f32le -``
 pipes raw float32 PCM of the first audio stream, downmixed to mono by
-averaging the channels and resampled by ffmpeg's resampler. Editing uses
-pydub on PCM built in memory (never ``AudioSegment.from_file``, which needs
-ffprobe).
+averaging the channels and resampled by ffmpeg's resampler: the analysis copy
+every speech model hears. :func:`probe_audio` reads the stream's own rate,
+channels and sample format for the delivered track (toolkit/dubbing/soundtrack.py).
+Editing (:class:`SpeechPlan`) is numpy on ``[n]`` or ``[n, channels]``
+samples at any rate, sample-exact, and reads long speech in blocks.
 
 A file that decodes to zero samples is an error; a file of pure silence is
 valid speech input (motion models turn it into a closed mouth).
@@ -13,15 +15,18 @@ valid speech input (motion models turn it into a closed mouth).
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import struct
 import subprocess
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
 from ..core.errors import BadInputError, OutputError
-from ..core.types import Audio
+from ..core.types import Audio, AudioInfo
 
 #: Sample rate every speech model in latentdub works at, in Hz.
 SPEECH_RATE = 16000
@@ -40,11 +45,7 @@ def load_audio(path: str | Path, sample_rate: int = SPEECH_RATE) -> Audio:
     Raises :class:`BadInputError` for a missing file, a file ffmpeg cannot
     decode, a file without an audio stream, or one that holds no samples.
     """
-    path = Path(path)
-    if not path.exists():
-        raise BadInputError(f"{path}: audio file not found; check the path")
-    if not path.is_file():
-        raise BadInputError(f"{path}: is not a file; give an audio or video file with speech")
+    path = _check_audio_file(path)
     if sample_rate <= 0:
         raise BadInputError(f"{path}: sample rate must be positive, got {sample_rate}")
     cmd = [
@@ -52,12 +53,8 @@ def load_audio(path: str | Path, sample_rate: int = SPEECH_RATE) -> Audio:
         "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(int(sample_rate)), "-f", "f32le", "-",
     ]
     proc = subprocess.run(cmd, capture_output=True)
-    err = proc.stderr.decode("utf-8", "replace")
     if proc.returncode != 0:
-        if "matches no streams" in err:
-            raise BadInputError(f"{path}: has no audio stream; give a file that contains speech")
-        reason = _last_line(err) or f"ffmpeg exit code {proc.returncode}"
-        raise BadInputError(f"{path}: cannot decode audio ({reason}); check the file or re-encode it to WAV")
+        raise decode_failure(path, proc.stderr.decode("utf-8", "replace"), proc.returncode)
     samples = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
     if samples.size == 0:
         raise BadInputError(f"{path}: audio stream holds no samples; give a file with speech")
@@ -65,9 +62,62 @@ def load_audio(path: str | Path, sample_rate: int = SPEECH_RATE) -> Audio:
     return Audio(samples=samples, sample_rate=int(sample_rate), path=path)
 
 
+def _check_audio_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(f"{path}: audio file not found; check the path")
+    if not path.is_file():
+        raise BadInputError(f"{path}: is not a file; give an audio or video file with speech")
+    return path
+
+
+def decode_failure(path: Path, stderr: str, returncode: int) -> BadInputError:
+    """The one-line error for an ffmpeg run that could not decode the audio of ``path``."""
+    if "matches no streams" in stderr:
+        return BadInputError(f"{path}: has no audio stream; give a file that contains speech")
+    reason = _last_line(stderr) or f"ffmpeg exit code {returncode}"
+    return BadInputError(f"{path}: cannot decode audio ({reason}); check the file or re-encode it to WAV")
+
+
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else ""
+
+
+#: Codecs whose decoded samples are the encoded ones (besides every ``pcm_*``).
+LOSSLESS_CODECS = frozenset({"flac", "alac", "wavpack", "tta", "ape", "mlp", "truehd", "shorten", "wmalossless", "mp4als"})
+_SAMPLE_FORMAT = re.compile(r"^(u8|s16|s32|s64|flt|dbl)p?(?: \((\d+) bit\))?")
+
+
+def probe_audio(path: str | Path) -> AudioInfo:
+    """Codec, rate, channels and sample format of the first audio stream of ``path``.
+
+    One short ffmpeg run: its report names the codec, layout and sample
+    format; the WAV header it writes for the first 50 ms gives the rate and
+    channel count. Raises :class:`BadInputError` like :func:`load_audio`.
+    """
+    path = _check_audio_file(path)
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path), "-map", "0:a:0", "-vn", "-t", "0.05", "-f", "wav", "-"]
+    proc = subprocess.run(cmd, capture_output=True)
+    report = proc.stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise decode_failure(path, report, proc.returncode)
+    header = proc.stdout
+    stream = re.search(r"Stream #\S+.*?: Audio: (.*)", report.split("\nOutput #")[0])
+    if len(header) < 28 or header[12:16] != b"fmt " or stream is None:
+        raise BadInputError(f"{path}: audio stream holds no samples; give a file with speech")
+    channels, rate = struct.unpack("<HI", header[22:28])
+    parts = [p.strip() for p in stream.group(1).split(",")]
+    hz = next((i for i, p in enumerate(parts) if p.endswith(" Hz")), 0)
+    layout = parts[hz + 1] if hz + 1 < len(parts) else f"{channels} channels"
+    fmt = _SAMPLE_FORMAT.match(parts[hz + 2] if hz + 2 < len(parts) else "")
+    sample_format = fmt.group(1) if fmt else "flt"
+    codec = parts[0].split()[0]
+    lossless = codec.startswith("pcm_") or codec in LOSSLESS_CODECS
+    width = {"u8": 8, "s16": 16, "s32": 32, "s64": 64}.get(sample_format)
+    bits = (int(fmt.group(2)) if fmt and fmt.group(2) else width) if lossless and width else None
+    return AudioInfo(path=path, codec=codec, sample_rate=int(rate), channels=int(channels), layout=layout,
+                     sample_format=sample_format, bits=bits, lossless=lossless)
 
 
 def save_wav(audio: Audio, path: str | Path) -> Path:
@@ -127,50 +177,132 @@ def speech_envelope(audio: Audio, hop: float = 0.01, window: float = 0.025, band
     return 10 * np.log10(mean_power + 1e-12)
 
 
+@dataclass(frozen=True)
+class SpeechPlan:
+    """A sample-exact recipe for a speech track at one rate, for any number of channels.
+
+    Output sample ``j`` (``0 <= j < total``) is ``gain * ramp(k) * source[start + k]``
+    with ``k = j - shift`` while ``0 <= k < length``, and silence elsewhere.
+    ``ramp`` rises linearly from 0 over the first ``fade_in`` samples and falls
+    to 0 over the last ``fade_out`` (1 elsewhere). Trim, fades, loudness gain,
+    offset and the fit to the output timeline are all this one mapping, so the
+    16 kHz analysis copy and the delivered track at the speech's own rate are
+    made by the same code; with no fade and unit gain the kept samples are
+    copied exactly.
+    """
+
+    start: int
+    length: int
+    total: int
+    shift: int = 0
+    fade_in: int = 0
+    fade_out: int = 0
+    gain: float = 1.0
+
+    def placed(self, duration: float, offset: float, sample_rate: int) -> "SpeechPlan":
+        """This speech starting ``offset`` s into a track of ``duration`` s (silence around it, cut beyond it)."""
+        return dataclasses.replace(self, shift=int(round(offset * sample_rate)), total=max(int(round(duration * sample_rate)), 0))
+
+    def block(self, source: np.ndarray, first: int, stop: int, scale: float = 1.0) -> np.ndarray:
+        """float64 ``[stop - first, *source.shape[1:]]``: output samples ``first:stop``.
+
+        ``source`` is ``[n]`` or ``[n, channels]`` of any numeric dtype (an
+        array-like that reads slices on demand works, see soundtrack.RawSamples); ``source * scale``
+        is the signal in full-scale units.
+        """
+        out = np.zeros((stop - first, *source.shape[1:]), np.float64)
+        k0, k1 = max(first - self.shift, 0), min(stop - self.shift, self.length)
+        if k1 <= k0:
+            return out
+        seg = np.asarray(source[self.start + k0 : self.start + k1], np.float64)
+        if scale != 1.0:
+            seg = seg * scale
+        ramp = self._ramp(k0, k1)
+        if ramp is not None:
+            seg = seg * ramp.reshape(-1, *([1] * (seg.ndim - 1)))
+        out[k0 + self.shift - first : k1 + self.shift - first] = seg
+        return out
+
+    def _ramp(self, k0: int, k1: int) -> Optional[np.ndarray]:
+        """float64 ``[k1 - k0]`` gain of edited samples ``k0:k1`` (None when it is 1 throughout)."""
+        fade_in = k0 < self.fade_in
+        fade_out = k1 > self.length - self.fade_out
+        if not (fade_in or fade_out) and self.gain == 1.0:
+            return None
+        k = np.arange(k0, k1, dtype=np.float64)
+        ramp = np.full(k1 - k0, self.gain, np.float64)
+        if fade_in:
+            ramp *= np.minimum(k / self.fade_in, 1.0)
+        if fade_out:
+            ramp *= np.minimum((self.length - 1 - k) / self.fade_out, 1.0)
+        return ramp
+
+    def render(self, source: np.ndarray, scale: float = 1.0, dtype: type = np.float64, block: int = 1 << 20) -> np.ndarray:
+        """The whole track, ``dtype`` ``[total, *source.shape[1:]]``, made ``block`` samples at a time
+        (so a float32 track needs no float64 copy of the whole speech)."""
+        out = np.empty((self.total, *source.shape[1:]), dtype)
+        for first, stop in spans(self.total, block):
+            out[first:stop] = self.block(source, first, stop, scale)
+        return out
+
+
+def spans(total: int, size: int) -> Iterator[tuple[int, int]]:
+    """``(first, stop)`` ranges of at most ``size`` covering ``0..total``."""
+    for first in range(0, total, size):
+        yield first, min(first + size, total)
+
+
+def edit_plan(
+    n_samples: int, sample_rate: int, trim: Optional[tuple[float, Optional[float]]] = None, fade_in: float = 0.0, fade_out: float = 0.0
+) -> SpeechPlan:
+    """The :class:`SpeechPlan` that trims ``n_samples`` of speech to ``trim=(start, end)`` seconds
+    (``end`` None = to the end) and fades its ends; its track is the edited speech alone."""
+    for name, value in (("speech.fade_in", fade_in), ("speech.fade_out", fade_out)):
+        if value < 0:
+            raise BadInputError(f"{name}: must be >= 0 seconds, got {value}")
+    a, b = 0, n_samples
+    if trim is not None:
+        start, end = trim
+        a = int(round(max(start, 0.0) * sample_rate))
+        b = n_samples if end is None else int(round(min(end * sample_rate, n_samples)))
+        if not 0 <= a < b:
+            raise BadInputError(
+                f"speech.trim_start={start}, speech.trim_end={end}: empty range for speech of {n_samples / sample_rate:.3f} s; "
+                "give start < end within the speech"
+            )
+    length = b - a
+    fades = [min(int(round(f * sample_rate)), length) for f in (fade_in, fade_out)]
+    return SpeechPlan(start=a, length=length, total=length, fade_in=fades[0], fade_out=fades[1])
+
+
+def loudness_gain(plan: SpeechPlan, source: np.ndarray, target_dbfs: float, scale: float = 1.0, block: int = 1 << 20) -> float:
+    """Linear gain bringing the RMS level of ``plan``'s edited speech (all channels, fades applied)
+    to ``target_dbfs``, capped so the peak stays at or below 0 dBFS; 1.0 for silence.
+
+    Reads ``source`` in blocks of ``block`` samples, so hours of speech read from disk are fine.
+    """
+    edited = dataclasses.replace(plan, shift=0, total=plan.length, gain=1.0)
+    power, count, peak = 0.0, 0, 0.0
+    for first, stop in spans(edited.total, block):
+        x = edited.block(source, first, stop, scale).ravel()
+        power += float(np.dot(x, x))
+        count += x.size
+        peak = max(peak, float(np.abs(x).max(initial=0.0)))
+    if power == 0.0:
+        return 1.0
+    rms_db = 10 * np.log10(power / count)
+    return float(10 ** (min(float(target_dbfs) - rms_db, -20 * np.log10(peak)) / 20))
+
+
 def fit_duration(audio: Audio, duration: float, offset: float = 0.0) -> Audio:
     """``audio`` shifted by ``offset`` seconds and cut or padded with silence to exactly ``duration`` s.
 
     ``offset > 0`` inserts that much silence before the speech; ``offset < 0``
     drops the first ``-offset`` seconds. Lengths round to whole samples.
     """
-    sr = audio.sample_rate
-    n_out = int(round(duration * sr))
-    shift = int(round(offset * sr))
-    out = np.zeros(max(n_out, 0), np.float32)
-    src = audio.samples[max(-shift, 0):]
-    start = max(shift, 0)
-    n = max(min(len(src), n_out - start), 0)
-    out[start:start + n] = src[:n]
-    return Audio(out, sr, audio.path)
-
-
-def _pydub() -> Any:
-    """pydub's AudioSegment class, pointed at the bundled ffmpeg (silencing its import-time warnings)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)  # pydub imports audioop
-        from pydub import AudioSegment
-    AudioSegment.converter = ffmpeg_exe()
-    return AudioSegment
-
-
-def to_segment(audio: Audio) -> Any:
-    """A pydub ``AudioSegment`` of ``audio`` (32-bit integer PCM, mono)."""
-    segment_cls = _pydub()
-    x = np.clip(audio.samples.astype(np.float64), -1.0, 1.0)
-    pcm = np.round(x * 2147483647.0).astype("<i4")
-    return segment_cls(data=pcm.tobytes(), sample_width=4, frame_rate=int(audio.sample_rate), channels=1)
-
-
-def from_segment(segment: Any, path: Optional[Path] = None) -> Audio:
-    """Mono float32 :class:`Audio` of a pydub ``AudioSegment``."""
-    segment = segment.set_channels(1)
-    if segment.sample_width not in (2, 4):
-        segment = segment.set_sample_width(4)
-    width = segment.sample_width
-    raw = np.frombuffer(segment.raw_data, dtype=f"<i{width}").astype(np.float64)
-    full = float(2 ** (8 * width - 1))
-    return Audio((raw / full).astype(np.float32), int(segment.frame_rate), path)
+    n = len(audio.samples)
+    plan = SpeechPlan(start=0, length=n, total=n).placed(duration, offset, audio.sample_rate)
+    return Audio(plan.render(audio.samples, dtype=np.float32), audio.sample_rate, audio.path)
 
 
 def edit_audio(
@@ -185,36 +317,20 @@ def edit_audio(
     """Trim, pad, fade and loudness-normalise speech; every time is in seconds.
 
     Applied in this order: ``trim=(start, end)`` keeps ``[start, end)``
-    (``end`` None = to the end; sample-exact); ``pad_start``/``pad_end``
-    add silence; ``fade_in``/``fade_out`` ramp the gain (in dB, pydub's
-    fade) over the first/last seconds; ``target_dbfs`` scales the whole clip
-    so its RMS level is that many dB below full scale (e.g. -20), but never
-    so far that the peak would clip: the gain is capped at peak = 0 dBFS.
-    Silent audio is left unscaled.
+    (``end`` None = to the end; sample-exact); ``fade_in``/``fade_out`` ramp
+    the amplitude linearly over the first/last seconds of the kept speech;
+    ``target_dbfs`` scales it so its RMS level is that many dB below full
+    scale (e.g. -20), but never so far that the peak would clip (the gain is
+    capped at peak = 0 dBFS; silence is left unscaled); ``pad_start``/``pad_end``
+    add silence. See :class:`SpeechPlan`.
     """
-    for name, value in (("pad_start", pad_start), ("pad_end", pad_end), ("fade_in", fade_in), ("fade_out", fade_out)):
+    for name, value in (("pad_start", pad_start), ("pad_end", pad_end)):
         if value < 0:
             raise BadInputError(f"{name}: must be >= 0 seconds, got {value}")
-    seg = to_segment(audio)
     sr = audio.sample_rate
-    if trim is not None:
-        start, end = trim
-        n = len(audio.samples)
-        a = int(round(max(start, 0.0) * sr))
-        b = n if end is None else int(round(min(end * sr, n)))
-        if not 0 <= a < b:
-            raise BadInputError(f"trim={trim}: empty range for audio of {audio.duration:.3f} s; give start < end within the clip")
-        seg = seg.get_sample_slice(a, b)
-    if pad_start or pad_end:
-        silence = type(seg)
-        head = silence(data=b"\0" * (4 * int(round(pad_start * sr))), sample_width=4, frame_rate=sr, channels=1)
-        tail = silence(data=b"\0" * (4 * int(round(pad_end * sr))), sample_width=4, frame_rate=sr, channels=1)
-        seg = head + seg + tail
-    if fade_in:
-        seg = seg.fade_in(int(round(fade_in * 1000)))
-    if fade_out:
-        seg = seg.fade_out(int(round(fade_out * 1000)))
-    if target_dbfs is not None and seg.rms > 0:
-        gain = min(float(target_dbfs) - seg.dBFS, -seg.max_dBFS)
-        seg = seg.apply_gain(gain)
-    return from_segment(seg, audio.path)
+    plan = edit_plan(len(audio.samples), sr, trim, fade_in, fade_out)
+    if target_dbfs is not None:
+        plan = dataclasses.replace(plan, gain=loudness_gain(plan, audio.samples, target_dbfs))
+    head, tail = int(round(pad_start * sr)), int(round(pad_end * sr))
+    plan = dataclasses.replace(plan, shift=head, total=head + plan.length + tail)
+    return Audio(np.clip(plan.render(audio.samples, dtype=np.float32), -1.0, 1.0), sr, audio.path)

@@ -3,8 +3,9 @@
 Frames are decoded one at a time from a pipe (memory does not grow with clip
 length), resampled to a constant rate (variable-frame-rate input becomes
 constant), rotated upright per the file's display matrix, and handed out as
-uint8 RGB ``[H, W, 3]``. Output is H.264 (yuv420p) with AAC audio, written to
-a temporary file beside the target and renamed only when complete.
+uint8 RGB ``[H, W, 3]``. Output is H.264 (yuv420p) with the sound track that
+toolkit/dubbing/soundtrack.py prepares (:class:`MuxedAudio`), written to a temporary
+file beside the target and renamed only when complete.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -185,8 +187,17 @@ def _umask() -> int:
     return mask
 
 
+@dataclass(frozen=True)
+class MuxedAudio:
+    """The audio input of a :class:`VideoWriter`: ffmpeg input options ending in ``-i FILE``
+    (its first audio stream is muxed) and the audio codec options (``-c:a ...``)."""
+
+    inputs: tuple[str, ...]
+    codec: tuple[str, ...]
+
+
 class VideoWriter:
-    """Encode RGB frames to H.264 and mux an optional audio file, atomically.
+    """Encode RGB frames to H.264 and mux an optional sound track, atomically.
 
     Use as a context manager: frames go to ``.NAME.part.SUFFIX`` beside the
     target, which is renamed to ``path`` only when ffmpeg finishes cleanly;
@@ -201,8 +212,7 @@ class VideoWriter:
         size: tuple[int, int],
         crf: int = 18,
         x264_preset: str = "veryfast",
-        audio: Optional[Path] = None,
-        audio_bitrate: str = "160k",
+        audio: Optional[MuxedAudio] = None,
     ) -> None:
         self.path = check_output_path(path)
         self.width, self.height = size
@@ -216,10 +226,10 @@ class VideoWriter:
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}", "-r", f"{fps}", "-i", "-",
         ]
         if audio is not None:
-            cmd += ["-i", str(audio)]
+            cmd += audio.inputs
         cmd += ["-map", "0:v:0"]
         if audio is not None:
-            cmd += ["-map", "1:a:0", "-c:a", "aac", "-b:a", audio_bitrate]
+            cmd += ["-map", "1:a:0", *audio.codec]
         cmd += [
             "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
             "-c:v", "libx264", "-crf", str(crf), "-preset", x264_preset, "-pix_fmt", "yuv420p",
