@@ -30,6 +30,7 @@ from . import protocols
 from .build import Components
 from .errors import NoFaceError, PluginError
 from .presets import Preset, resolve_preset
+from .review import Review
 from .types import Audio, Frame, Motion, TrackedFace
 from .video import VideoWriter, check_output_path, probe_video, read_frames, read_frames_at, read_image
 
@@ -258,8 +259,9 @@ def _synthesise(
     references: tuple[np.ndarray, np.ndarray],
     progress: bool,
     workdir: Path,
+    review: Optional[Review] = None,
 ) -> None:
-    """Motion, render, composite and encode ``n_out`` frames into ``output``."""
+    """Motion, render, composite and encode ``n_out`` frames into ``output`` (and the review's source copy)."""
     from .audio import save_wav
 
     preset = components.preset
@@ -282,6 +284,10 @@ def _synthesise(
         preview = VideoWriter(preview_path, fps, (size[0] * 2, size[1]), preset.output.crf, preset.output.x264_preset, audio=wav)
         opened.append(preview)
         writers.append(lambda src, out: preview.write(np.concatenate([src, out], axis=1)))
+    if review is not None:
+        source_copy = review.start(motion, speech, fps, size, preset.output, workdir)
+        opened.append(source_copy)
+        writers.append(lambda src, out: source_copy.write(src))
     if preset.output.contact_sheet:
         counter = iter(range(n_out))
         writers.append(lambda src, out: sheet_frames.append(out.copy()) if next(counter) in sheet_at else None)
@@ -300,7 +306,8 @@ def _synthesise(
         for w in opened:
             w.abort()
         raise
-    summary.extras += [w.path for w in opened[1:]]
+    if preset.output.preview:
+        summary.extras.append(preview.path)
     if isinstance(renderer, protocols.RunReporter):
         report = renderer.report()
         summary.notes += list(report.notes)
@@ -356,6 +363,7 @@ def dub(
         components, lambda: ((f.image, track[f.index]) for f in read_frames(video, fps=fps, info=info) if f.index < track.n_frames),
         summary, progress, track.n_frames,
     )
+    review = Review.for_dub(output, video, info, track, timeline, detector) if preset.output.review else None
     with tempfile.TemporaryDirectory(prefix="latentdub-") as tmp:
         workdir = Path(tmp)
         with _timed(summary, "references"):
@@ -369,10 +377,12 @@ def dub(
                 components=components, summary=summary, output=output, fps=fps, size=(info.width, info.height),
                 n_out=timeline.n_frames, speech=speech,
                 frame_for=lambda t: _frame_and_face(source, track, int(source_index[t])),
-                references=references, progress=progress, workdir=workdir,
+                references=references, progress=progress, workdir=workdir, review=review,
             )
         finally:
             source.close()
+        if review is not None:
+            summary.extras.append(review.write(summary, preset, detector, lambda total, desc: _progress(total, desc, progress)))
     preset.write(summary.preset_file)
     return summary
 
@@ -497,10 +507,13 @@ def animate(
     crop = warp_to_crop(picture, tracked.alignment)
     references = (crop[None], tracked.alignment.apply(_landmarks(tracked.face))[None])
     _study_source(components, lambda: iter([(picture, tracked)]), summary, progress, 1)
+    review = Review.for_still(output, image, picture, tracked, n_out, components["detector"]) if preset.output.review else None
     with tempfile.TemporaryDirectory(prefix="latentdub-") as tmp:
         _synthesise(
             components=components, summary=summary, output=output, fps=fps, size=(w, h), n_out=n_out, speech=speech,
-            frame_for=lambda t: (picture, tracked), references=references, progress=progress, workdir=Path(tmp),
+            frame_for=lambda t: (picture, tracked), references=references, progress=progress, workdir=Path(tmp), review=review,
         )
+        if review is not None:
+            summary.extras.append(review.write(summary, preset, components["detector"], lambda total, desc: _progress(total, desc, progress)))
     preset.write(summary.preset_file)
     return summary

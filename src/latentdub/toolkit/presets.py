@@ -37,7 +37,8 @@ STAGES = {
 class OutputConfig:
     """Encoding of the result: x264 ``crf`` (0-51, lower is better) and ``preset``;
     ``fps`` None follows the input; ``preview`` writes a side-by-side video beside
-    the output and ``contact_sheet`` a PNG grid of frames."""
+    the output, ``contact_sheet`` a PNG grid of frames and ``review`` the review
+    page ``OUT.review.html`` (see :mod:`latentdub.toolkit.review`)."""
 
     crf: int = 18
     x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = "veryfast"
@@ -45,6 +46,7 @@ class OutputConfig:
     audio_bitrate: str = "160k"
     preview: bool = False
     contact_sheet: bool = False
+    review: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
