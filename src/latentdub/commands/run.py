@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from .options import existing_file, load_preset, maybe_dry_run, preset_options
+from .options import existing_file, load_preset, maybe_dry_run, preset_options, transcript_override
 
 REVIEW_HELP = "Also write OUTPUT's review page (OUT.review.html): source and dub in step, mouth opening over time (same as --set output.review=true)."
 
@@ -16,18 +15,10 @@ def _log(quiet: bool):
     return (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
 
 
-def _transcript_override(transcript: str | None) -> list[str]:
-    if not transcript:
-        return []
-    path = Path(transcript)
-    text = path.read_text().strip() if path.is_file() else transcript
-    return [f"motion.transcript={json.dumps(text)}"]  # a JSON string is a YAML string, whatever quotes the text holds
-
-
 def _run(action, source, audio, output, profile, transcript, review, preset, overrides, device, dry_run, quiet) -> None:
     """Resolve the preset as the options say, then run ``action`` (pipeline.dub or pipeline.animate)."""
     log = _log(quiet)
-    extra = (*_transcript_override(transcript), *(["output.review=true"] if review else []))
+    extra = (*transcript_override(transcript), *(["output.review=true"] if review else []))
     resolved = load_preset(preset, tuple(overrides) + extra, device, log)
     if maybe_dry_run(resolved, dry_run):
         return
