@@ -111,12 +111,17 @@ class Metric(Protocol):
 
 @dataclasses.dataclass
 class ClipResult:
-    """Scores of one clip: ``values`` by column, ``notes`` say why a value is NaN."""
+    """Scores of one clip: ``values`` by column, ``notes`` say why a value is NaN.
+
+    ``series``: column -> (times s, values) per frame pair, for metrics whose
+    scorer has ``series()`` (the per-frame ones: PSNR, SSIM, LMD, CPBD).
+    """
 
     clip: ClipPair
     frames: int
     values: dict[str, float]
     notes: dict[str, str]
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -324,7 +329,10 @@ def evaluate(
                 break
         values: dict[str, float] = {}
         notes: dict[str, str] = {}
+        series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, scorer in scorers.items():
+            if hasattr(scorer, "series"):
+                series.update(scorer.series())
             try:
                 values.update(scorer.result())
             except LatentdubError:
@@ -336,7 +344,7 @@ def evaluate(
             per_metric_scorers[name].append(scorer)
         for column, reason in _scorer_notes(scorers).items():
             notes.setdefault(column, reason)
-        results.append(ClipResult(clip, count, values, notes))
+        results.append(ClipResult(clip, count, values, notes, series))
 
     summary: dict[str, float] = {}
     for name, metric in built.items():
@@ -442,6 +450,24 @@ def to_dict(evaluation: Evaluation) -> dict[str, Any]:
         "unmatched": evaluation.unmatched,
         "settings": evaluation.settings,
     }
+
+
+#: Axis label suffix of each per-frame column in :func:`write_plot`.
+_UNITS = {"PSNR": " (dB)", "LMD": " (px)"}
+
+
+def write_plot(evaluation: Evaluation, path: Path) -> Path:
+    """Plot the per-frame scores of every clip over time (one panel per column) to ``path`` (.png, .svg or .pdf)."""
+    from .plots import metrics_over_time
+
+    units = dict(_UNITS)
+    if evaluation.settings.get("lmd", {}).get("normalise"):
+        units["LMD"] = " (eye distances)"
+    series = {
+        column: [(r.clip.name, *r.series[column]) for r in evaluation.clips if column in r.series]
+        for column in evaluation.columns if column not in evaluation.unavailable
+    }
+    return metrics_over_time(series, path, units)
 
 
 def check_report_path(path: Path) -> Path:

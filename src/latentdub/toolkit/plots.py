@@ -140,7 +140,7 @@ def metrics_over_time(series: dict[str, Sequence[tuple[str, np.ndarray, np.ndarr
             ax.plot(grid, mean, color="black", lw=1.8, label=f"mean of {len(lines)} clips")
         ax.set_ylabel(f"{column}{units.get(column, '')}")
         ax.grid(alpha=0.25)
-        ax.legend(loc="best", fontsize=8, frameon=False, ncol=min(4, max(1, math.ceil(len(lines) / 4))) if not many else 1)
+    axes[0].legend(loc="best", fontsize=8, frameon=False, ncol=1 if many else min(4, max(1, math.ceil(len(series[columns[0]]) / 4))))
     axes[-1].set_xlabel("time (s)")
     axes[0].set_title("per-frame scores over time", fontsize=10)
     fig.tight_layout()
