@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentdub.toolkit.video import ffmpeg_exe
+from latentdub.toolkit.media.video import ffmpeg_exe
 
 
 def ffmpeg(*args: str) -> None:
@@ -19,7 +19,7 @@ def ffmpeg(*args: str) -> None:
 
 def looped(clip: Path, out: Path, times: int) -> Path:
     """``clip`` repeated ``times`` times (video and audio), H.264/AAC at the clip's constant rate."""
-    from latentdub.toolkit.video import probe_video
+    from latentdub.toolkit.media.video import probe_video
 
     rate = str(probe_video(clip).fps)
     ffmpeg("-stream_loop", str(times - 1), "-i", str(clip), "-fps_mode", "cfr", "-r", rate, "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-c:a", "aac", str(out))

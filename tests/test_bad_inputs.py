@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit.video import probe_video
+from latentdub.toolkit.media.video import probe_video
 
 from . import media
 
@@ -105,8 +105,8 @@ def test_missing_input_file(grid_clips, tmp_path):
 
 def test_frames_without_a_face_pass_through_untouched(grid_clips, tmp_path):
     """A clip whose second half shows no face: those frames come out as they went in, and are counted."""
-    from latentdub.toolkit.pipeline import dub
-    from latentdub.toolkit.video import read_frames
+    from latentdub.toolkit.dubbing.pipeline import dub
+    from latentdub.toolkit.media.video import read_frames
 
     noface = media.faceless(tmp_path / "noface.mp4", seconds=1.0)
     clip = tmp_path / "half.mp4"

@@ -21,9 +21,11 @@ import yaml
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit.batch import Journal, file_digest, load_manifest, run_batch
-from latentdub.toolkit.errors import BadInputError
-from latentdub.toolkit.video import probe_video, read_frames
+from latentdub.toolkit.batch.journal import Journal, file_digest
+from latentdub.toolkit.batch.manifest import load_manifest
+from latentdub.toolkit.batch.run import run_batch
+from latentdub.toolkit.core.errors import BadInputError
+from latentdub.toolkit.media.video import probe_video, read_frames
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +39,7 @@ def fake_dub(video, audio, output, preset, overrides, profile, progress, log):
     A video whose name contains ``bad`` is bad input (not retried); an
     ``OUTPUT.flaky`` file beside the output makes the next call crash once.
     """
-    from latentdub.toolkit.errors import BadInputError as Bad
+    from latentdub.toolkit.core.errors import BadInputError as Bad
 
     output = Path(output)
     if "bad" in Path(video).name:
@@ -226,7 +228,7 @@ def test_cli_exit_code_6_and_summary_file(tmp_path, monkeypatch):
         {"video": media[0], "audio": media[1], "output": "a.mp4"},
         {"video": media[1], "audio": media[0], "output": "b.mp4"},
     ])
-    import latentdub.toolkit.batch as batch
+    import latentdub.toolkit.batch.run as batch
 
     real = batch.run_batch
     monkeypatch.setattr(batch, "run_batch", lambda *a, **k: real(*a, **k, dub_fn=fake_dub))

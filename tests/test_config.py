@@ -8,8 +8,8 @@ from typing import Literal, Optional
 
 import pytest
 
-from latentdub.toolkit.config import config_to_dict, parse_config
-from latentdub.toolkit.errors import ConfigError
+from latentdub.toolkit.core.config import config_to_dict, parse_config
+from latentdub.toolkit.core.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from latentdub.toolkit.errors import BadInputError
-from latentdub.toolkit.evaluate import ClipPair, evaluate, pair_inputs, paired_frames
-from latentdub.toolkit.types import Frame
+from latentdub.toolkit.core.errors import BadInputError
+from latentdub.toolkit.evaluation.evaluate import ClipPair, evaluate, pair_inputs, paired_frames
+from latentdub.toolkit.core.types import Frame
 
 MAX_FRAMES = 25
 SHORT = 12  # enough for SyncNet windows (6+ frames) and a covariance
@@ -181,7 +181,7 @@ def test_evaluate_against_a_prepared_dataset_split(grid_clips, tmp_path):
     dataset = tmp_path / "dataset"
     (dataset / "splits").mkdir(parents=True)
     clips = {p.stem: {"speaker": p.stem[:2], "source": str(p), "status": "done"} for p in grid_clips[:3]}
-    from latentdub.toolkit.dataset import FORMAT
+    from latentdub.toolkit.learning.dataset import FORMAT
 
     (dataset / "manifest.json").write_text(json.dumps({"format": FORMAT, "clips": clips}))
     (dataset / "splits" / "test.txt").write_text("".join(f"{c}\n" for c in list(clips)[:2]))

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit import plugins, weights
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.plugins import KINDS
+from latentdub.toolkit.core import plugins, weights
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.plugins import KINDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ def test_component_hook_registers_a_factory(kind, hook_name):
     try:
         comp = plugins.get_component(kind, "probe")
         assert comp.plugin == name and comp.config is ProbeConfig
-        from latentdub.toolkit.context import BuildContext
+        from latentdub.toolkit.core.build import BuildContext
 
         ctx = BuildContext(device="cpu", weights=lambda n: n, build=lambda s: None)
         assert comp.factory(ProbeConfig(level=3), ctx) == ("built", 3, "cpu")

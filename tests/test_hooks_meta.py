@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from latentdub.toolkit import hookspecs
+from latentdub.toolkit.core import hookspecs
 
 REPO = Path(__file__).resolve().parents[1]
 HOOKS = sorted(name for name, obj in vars(hookspecs).items() if name.startswith("register_") and inspect.isfunction(obj))

@@ -9,9 +9,9 @@ moviepy = pytest.importorskip("moviepy")
 from moviepy import AudioFileClip, ColorClip, CompositeVideoClip, VideoFileClip, concatenate_videoclips  # noqa: E402
 
 from latentdub.moviepy import DubbedClip, LipSync  # noqa: E402
-from latentdub.toolkit.errors import BadInputError  # noqa: E402
-from latentdub.toolkit.review import review_paths  # noqa: E402
-from latentdub.toolkit.video import probe_video  # noqa: E402
+from latentdub.toolkit.core.errors import BadInputError  # noqa: E402
+from latentdub.toolkit.dubbing.review import review_paths  # noqa: E402
+from latentdub.toolkit.media.video import probe_video  # noqa: E402
 
 pytestmark = pytest.mark.slow
 START, END = 2.0, 4.0  # the dubbed part spans the cut between the two takes (at 2.98 s)

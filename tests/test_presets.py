@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from latentdub.toolkit.errors import ConfigError
-from latentdub.toolkit.presets import apply_overrides, preset_names, resolve_preset
+from latentdub.toolkit.core.errors import ConfigError
+from latentdub.toolkit.core.presets import apply_overrides, preset_names, resolve_preset
 
 
 def test_shipped_presets_exist():

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit.review import follow, review_paths
-from latentdub.toolkit.video import probe_video
+from latentdub.toolkit.dubbing.review import follow, review_paths
+from latentdub.toolkit.media.video import probe_video
 
 from .browser import headless_chromium
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from latentdub.plugins.warp_renderer import WarpRenderer
-from latentdub.toolkit import plugins
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.pipeline import DUBBED, FALLBACK, animate, dub
-from latentdub.toolkit.types import RenderReport
-from latentdub.toolkit.video import probe_video
+from latentdub.toolkit.core import plugins
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.dubbing.pipeline import DUBBED, FALLBACK, animate, dub
+from latentdub.toolkit.core.types import RenderReport
+from latentdub.toolkit.media.video import probe_video
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 Commands are imported on first use and plugins are loaded only when a
 command needs them, so a broken plugin never breaks ``latentdub --help``.
 Errors print one line (``error: ...``) and exit with the code documented in
-:mod:`latentdub.toolkit.errors`.
+:mod:`latentdub.toolkit.core.errors`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from .toolkit.errors import EXIT_CODES, LatentdubError
+from latentdub.toolkit.core.errors import EXIT_CODES, LatentdubError
 
 #: Built-in commands: name -> "module:attribute" (imported lazily).
 COMMANDS = {
@@ -41,7 +41,7 @@ class LazyGroup(click.Group):
         if not hasattr(self, "_extra"):
             self._extra: dict[str, click.Command] = {}
             try:
-                from .toolkit.plugins import get_plugin_manager
+                from latentdub.toolkit.core.plugins import get_plugin_manager
 
                 holder = click.Group()
                 get_plugin_manager().hook.register_commands(cli=holder)

@@ -14,7 +14,7 @@
 The effect streams: the clip's frames are encoded to a temporary H.264 file
 one at a time, the speech (a path, or any moviepy ``AudioClip`` written out
 at its own rate) goes to a WAV, both run through
-:func:`latentdub.toolkit.pipeline.dub` with the preset, and the result comes
+:func:`latentdub.toolkit.dubbing.pipeline.dub` with the preset, and the result comes
 back as a :class:`DubbedClip` (a ``VideoFileClip`` carrying the new speech
 as its audio and the run's ``summary``). No whole-clip array is ever held.
 Its files live in a temporary folder for as long as the returned clip (or
@@ -33,8 +33,8 @@ from typing import Any, Callable, Optional, Sequence
 from moviepy import AudioClip, VideoFileClip
 from moviepy.Effect import Effect
 
-from .toolkit.errors import BadInputError
-from .toolkit.presets import Preset
+from .toolkit.core.errors import BadInputError
+from .toolkit.core.presets import Preset
 
 #: x264 quality of the temporary copy of the clip handed to the pipeline (visually lossless).
 SOURCE_CRF = 12
@@ -43,7 +43,7 @@ SOURCE_CRF = 12
 class DubbedClip(VideoFileClip):
     """The dubbed clip: a ``VideoFileClip`` of the pipeline's output, its audio the new speech.
 
-    ``summary`` is the run's :class:`~latentdub.toolkit.pipeline.RunSummary`;
+    ``summary`` is the run's :class:`~latentdub.toolkit.dubbing.pipeline.RunSummary`;
     copies made by moviepy (``subclipped``, ``with_*``) keep the files alive.
     """
 
@@ -57,7 +57,7 @@ class LipSync(Effect):
 
     ``preset``: a shipped name (``auto`` picks the neural stack when its
     weights are present, else ``preview``), a YAML path or a resolved
-    :class:`~latentdub.toolkit.presets.Preset`; ``overrides``:
+    :class:`~latentdub.toolkit.core.presets.Preset`; ``overrides``:
     ``["stage.key=value", ...]`` as ``--set``; ``profile``: an identity
     profile from ``latentdub tune``; ``transcript``: the spoken text (or a
     text file), as ``--transcript``; ``output``: where to keep the dubbed
@@ -78,8 +78,8 @@ class LipSync(Effect):
     def apply(self, clip) -> DubbedClip:
         """Dub ``clip`` (any moviepy video clip with ``fps`` and ``duration``) and return the dubbed clip."""
         from .commands.options import load_preset, transcript_override
-        from .toolkit.pipeline import dub
-        from .toolkit.video import VideoWriter, check_output_path
+        from .toolkit.dubbing.pipeline import dub
+        from .toolkit.media.video import VideoWriter, check_output_path
 
         if getattr(clip, "fps", None) is None or clip.duration is None:
             raise BadInputError("LipSync: the clip needs a frame rate and a duration; set them with clip.with_fps(25).with_duration(SECONDS)")

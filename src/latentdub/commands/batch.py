@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-#: Exit code when the batch finished but some clips failed (documented in toolkit.errors.EXIT_CODES).
+#: Exit code when the batch finished but some clips failed (documented in toolkit.core.errors.EXIT_CODES).
 EXIT_SOME_FAILED = 6
 
 
@@ -33,7 +33,7 @@ def batch_command(ctx, manifest, workers, executor, ray_address, retries, preset
     again skips clips that are finished and still verify, redoes interrupted
     ones and retries failures. Exits 6 when some clips failed.
     """
-    from ..toolkit.batch import run_batch
+    from latentdub.toolkit.batch.run import run_batch
 
     executor = executor or ("inline" if workers == 1 else "local")
     log = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))

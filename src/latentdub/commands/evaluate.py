@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..toolkit.errors import BadInputError
+from latentdub.toolkit.core.errors import BadInputError
 
 
 def _parse_sets(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -46,8 +46,8 @@ def evaluate_command(generated, reference, json_path, csv_path, plot_path, metri
     clip and a mean row (PSNR, SSIM, FID, LMD, LSE-D, LSE-C, CPBD); metrics
     whose weights are missing are shown as unavailable, never dropped.
     """
-    from ..toolkit.evaluate import check_report_path, evaluate, format_table, write_csv, write_json, write_plot
-    from ..toolkit.plots import check_plot_path
+    from latentdub.toolkit.evaluation.evaluate import check_report_path, evaluate, format_table, write_csv, write_json
+    from latentdub.toolkit.evaluation.plots import check_plot_path, write_plot
 
     for path in (csv_path, json_path):
         if path is not None:

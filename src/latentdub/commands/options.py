@@ -8,7 +8,7 @@ from typing import Callable
 
 import click
 
-from ..toolkit.presets import Preset, resolve_preset
+from latentdub.toolkit.core.presets import Preset, resolve_preset
 
 
 def preset_options(func: Callable) -> Callable:
@@ -30,7 +30,7 @@ def preset_options(func: Callable) -> Callable:
 
 def load_preset(preset: str, overrides: tuple[str, ...], device: str | None, log: Callable[[str], None]) -> Preset:
     """Resolve the preset named on the command line, with overrides applied."""
-    from ..toolkit.presets import choose_auto_preset
+    from latentdub.toolkit.core.presets import choose_auto_preset
 
     extra = list(overrides) + ([f"device={device}"] if device else [])
     if preset == "auto":

@@ -38,7 +38,7 @@ def _run(action, source, audio, output, profile, transcript, review, preset, ove
 @preset_options
 def dub_command(video, audio, output, profile, transcript, review, preset, overrides, device, dry_run, quiet):
     """Re-lip-sync VIDEO to the speech in AUDIO and write OUTPUT."""
-    from ..toolkit.pipeline import dub
+    from latentdub.toolkit.dubbing.pipeline import dub
 
     _run(dub, video, audio, output, profile, transcript, review, preset, overrides, device, dry_run, quiet)
 
@@ -53,6 +53,6 @@ def dub_command(video, audio, output, profile, transcript, review, preset, overr
 @preset_options
 def animate_command(image, audio, output, profile, transcript, review, preset, overrides, device, dry_run, quiet):
     """Animate the portrait IMAGE with the speech in AUDIO and write OUTPUT."""
-    from ..toolkit.pipeline import animate
+    from latentdub.toolkit.dubbing.pipeline import animate
 
     _run(animate, image, audio, output, profile, transcript, review, preset, overrides, device, dry_run, quiet)

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ..toolkit.errors import BadInputError, MissingWeightsError
+from latentdub.toolkit.core.errors import BadInputError, MissingWeightsError
 
 #: Keys shown in a mismatch message before it says "and N more".
 SHOWN_KEYS = 5

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..toolkit.errors import BadInputError
+from latentdub.toolkit.core.errors import BadInputError
 from .checkpoints import load_strict, strip_prefix, torch_load
 from .stylegan2 import EqualLinear, Generator, generator_from_state_dict
 

@@ -1,6 +1,6 @@
 """Motion model ``audio2latent``: the paper's Stage 1 (speech -> W+ displacement of the identity).
 
-``predict`` returns :class:`~latentdub.toolkit.types.Motion` of kind
+``predict`` returns :class:`~latentdub.toolkit.core.types.Motion` of kind
 ``wplus-offset`` in compact form: ``codes`` float32 ``[T, k]`` are subspace
 coefficients and ``extra["basis"]`` float32 ``[k, L, 512]`` maps them to W+
 displacements (``offset_t = codes[t] @ basis``, zero off ``extra["layers"]``),
@@ -10,7 +10,7 @@ processed in overlapping windows, so memory does not grow with its length.
 The network comes from a checkpoint written by ``latentdub train``
 (``checkpoint``: a path or a registered weight name) or, for tests,
 ``random_init``. Training settings live in ``train`` (see
-:class:`~latentdub.toolkit.training.TrainConfig`) so presets validate them.
+:class:`~latentdub.toolkit.learning.training.TrainConfig`) so presets validate them.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 
-from latentdub.toolkit.errors import BadInputError, ConfigError, MissingWeightsError, PluginError
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.training import TrainConfig
-from latentdub.toolkit.types import Audio, Motion
+from latentdub.toolkit.core.errors import BadInputError, ConfigError, MissingWeightsError, PluginError
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.learning.training import TrainConfig
+from latentdub.toolkit.core.types import Audio, Motion
 
 #: Registered weight name of a trained model (no public download: train your own).
 WEIGHT_NAME = "audio2latent"
@@ -87,7 +87,7 @@ def register_motion_models(register):
 
 @hookimpl
 def register_weights(register):
-    from latentdub.toolkit.weights import WeightSpec
+    from latentdub.toolkit.core.weights import WeightSpec
 
     register(WeightSpec(
         WEIGHT_NAME, WEIGHT_FILE, url="", sha256="", size=0, licence="yours (trained with `latentdub train`)",

@@ -19,10 +19,10 @@ from typing import Optional
 
 import numpy as np
 
-from latentdub.toolkit.errors import MissingWeightsError
-from latentdub.toolkit.faces import five_from_68
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.types import Face
+from latentdub.toolkit.core.errors import MissingWeightsError
+from latentdub.toolkit.faces.align import five_from_68
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.types import Face
 
 PACKAGE = "face_recognition_models"
 

@@ -8,7 +8,7 @@ pytorch-fid port of TensorFlow's 2015-12-05 Inception) and LSE needs
 unavailable. ``random_init`` swaps in a tiny random network of the same
 structure, for wiring tests only (its numbers mean nothing).
 
-Definitions are in :mod:`latentdub.toolkit.metrics` and docs/evaluation.md.
+Definitions are in :mod:`latentdub.toolkit.evaluation.measures` and docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import ClassVar, Literal, Optional
 
 import numpy as np
 
-from latentdub.toolkit import metrics as M
-from latentdub.toolkit.errors import BadInputError
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.weights import WeightSpec
+from latentdub.toolkit.evaluation import measures as M
+from latentdub.toolkit.core.errors import BadInputError
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.weights import WeightSpec
 
 FID_WEIGHTS = "fid-inception"
 SYNCNET_WEIGHTS = "syncnet-v2"
@@ -123,7 +123,7 @@ def _regions(pair, config: RegionConfig) -> Optional[tuple[np.ndarray, np.ndarra
     """(generated, reference) images of the configured region, or None when the face is missing."""
     if config.region == "frame":
         return pair.generated, pair.reference
-    from latentdub.toolkit.faces import ffhq_alignment, warp_to_crop
+    from latentdub.toolkit.faces.align import ffhq_alignment, warp_to_crop
 
     face = pair.reference_face()
     if face is None:
@@ -361,7 +361,7 @@ class _LseScorer:
         self._previous = (pair.time, crop)
 
     def result(self) -> dict[str, float]:
-        from latentdub.toolkit.audio import load_audio
+        from latentdub.toolkit.media.audio import load_audio
 
         if self._previous is not None:
             last_time, last_crop = self._previous

@@ -10,8 +10,8 @@ import dataclasses
 
 import numpy as np
 
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.types import Face
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.types import Face
 
 
 @dataclasses.dataclass(frozen=True)

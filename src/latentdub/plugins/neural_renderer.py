@@ -34,9 +34,9 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 
-from latentdub.toolkit.errors import BadInputError, ConfigError, PluginError
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.types import Motion
+from latentdub.toolkit.core.errors import BadInputError, ConfigError, PluginError
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.types import Motion
 
 
 @dataclasses.dataclass(frozen=True)

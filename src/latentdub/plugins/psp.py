@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, Optional
 
-from latentdub.toolkit.hookspecs import hookimpl
+from latentdub.toolkit.core.hookspecs import hookimpl
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -68,7 +68,7 @@ def _build(config: PspConfig, context, encoder_type: str) -> "PspEncoder":
     import torch
 
     from latentdub.nets.psp import PspModel, build_encoder, load_psp_checkpoint
-    from latentdub.toolkit.errors import ConfigError
+    from latentdub.toolkit.core.errors import ConfigError
 
     if config.batch_size < 1:
         raise ConfigError(f"encoder.batch_size: {config.batch_size} must be >= 1")
@@ -128,7 +128,7 @@ def _generator_mean(context, style_dim: int) -> Any:
     """The preset generator's mean W when it has one (so random codes decode near the mean), else zeros."""
     import torch
 
-    from latentdub.toolkit.errors import LatentdubError
+    from latentdub.toolkit.core.errors import LatentdubError
 
     try:
         avg = context.build("generator").latent_avg
@@ -140,7 +140,7 @@ def _generator_mean(context, style_dim: int) -> Any:
 
 
 class PspEncoder:
-    """Implements :class:`~latentdub.toolkit.protocols.Encoder`; ``model`` is the :class:`~latentdub.nets.psp.PspModel`."""
+    """Implements :class:`~latentdub.toolkit.core.protocols.Encoder`; ``model`` is the :class:`~latentdub.nets.psp.PspModel`."""
 
     def __init__(self, model: Any, config: PspConfig, device: Any) -> None:
         import torch
@@ -159,7 +159,7 @@ class PspEncoder:
 
         images = torch.as_tensor(images, dtype=torch.float32, device=self.device)
         if images.ndim != 4 or images.shape[1] != 3:
-            from latentdub.toolkit.errors import BadInputError
+            from latentdub.toolkit.core.errors import BadInputError
 
             raise BadInputError(f"images of shape {tuple(images.shape)}: encoder expects [B, 3, H, W] in [-1, 1]")
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)

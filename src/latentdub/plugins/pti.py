@@ -13,7 +13,7 @@
    (``locality_weight * (L2 + LPIPS)``). Training stops early once the
    mean LPIPS over all pivots drops below ``lpips_threshold``.
 3. The result is written as an identity profile
-   (:mod:`latentdub.toolkit.profiles`); the generator given is not changed.
+   (:mod:`latentdub.toolkit.learning.profiles`); the generator given is not changed.
 
 Video keyframes (:func:`select_keyframes`) cover the mouth shapes and head
 poses of the clip by farthest-point sampling in a standardised landmark
@@ -31,9 +31,9 @@ from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.perceptual import BACKBONES
-from latentdub.toolkit.weights import WeightSpec
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.learning.perceptual import BACKBONES
+from latentdub.toolkit.core.weights import WeightSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +114,7 @@ def register_weights(register):
 
 def build_pti(config: PtiConfig, context: Any) -> "PtiFinetuner":
     """Factory: validates ``config`` and checks the LPIPS backbone is on disk; networks are built when :meth:`PtiFinetuner.tune` runs."""
-    from latentdub.toolkit.errors import ConfigError
+    from latentdub.toolkit.core.errors import ConfigError
 
     positive = {"steps": config.steps, "batch_size": config.batch_size, "keyframes": config.keyframes, "locality_every": config.locality_every, "lpips_size": config.lpips_size}
     for key, value in positive.items():
@@ -127,7 +127,7 @@ def build_pti(config: PtiConfig, context: Any) -> "PtiFinetuner":
     if not 0.0 < config.locality_truncation <= 1.0:
         raise ConfigError(f"finetuner.locality_truncation: {config.locality_truncation} must be in (0, 1]")
     if not config.lpips_random_backbone:  # fail before any work when the LPIPS backbone is missing
-        from latentdub.toolkit.perceptual import find_backbone
+        from latentdub.toolkit.learning.perceptual import find_backbone
 
         if config.lpips_weights is not None:
             context.weights(config.lpips_weights)
@@ -148,7 +148,7 @@ def keyframe_features(track: Any) -> tuple[np.ndarray, np.ndarray]:
     inter-ocular distance) and pitch proxy (nose offset across it over the
     eye-to-mouth distance). Detected frames are preferred over bridged ones.
     """
-    from latentdub.toolkit.faces import BRIDGED, NO_FACE
+    from latentdub.toolkit.faces.track import BRIDGED, NO_FACE
 
     status = np.asarray(track.status)
     lm5 = np.asarray(track.landmarks5, np.float64)
@@ -171,7 +171,7 @@ def keyframe_features(track: Any) -> tuple[np.ndarray, np.ndarray]:
     width = np.linalg.norm(mouth_r - mouth_l, axis=1) / ocular
     columns = [width, yaw, pitch]
     if track.landmarks68 is not None:
-        from latentdub.toolkit.masks import mouth_opening
+        from latentdub.toolkit.faces.masks import mouth_opening
 
         columns.insert(0, np.array([mouth_opening(track.landmarks68[i]) for i in frames]))
     return frames.astype(np.int64), np.stack(columns, axis=1)
@@ -186,7 +186,7 @@ def select_keyframes(track: Any, k: int) -> list[int]:
     the median), then farthest-point sampling adds the frame farthest from
     all picks so far. Raises :class:`NoFaceError` when no frame has a face.
     """
-    from latentdub.toolkit.errors import NoFaceError
+    from latentdub.toolkit.core.errors import NoFaceError
 
     frames, feats = keyframe_features(track)
     if len(frames) == 0:
@@ -284,7 +284,7 @@ class TuneNetworks:
         return self.generator.synthesize(w)
 
     def require_mapping(self, what: str) -> None:
-        from latentdub.toolkit.errors import PluginError
+        from latentdub.toolkit.core.errors import PluginError
 
         if not self.direct:
             raise PluginError(f"finetuner pti: {what} needs a generator module with mapping() and synthesize_wplus() (latentdub's stylegan2); set finetuner.pivots=encoder and finetuner.locality=false")
@@ -326,7 +326,7 @@ def _noise_penalty(noises: list) -> Any:
 
 
 class PtiFinetuner:
-    """Implements :class:`~latentdub.toolkit.protocols.Finetuner` (see the module docstring)."""
+    """Implements :class:`~latentdub.toolkit.core.protocols.Finetuner` (see the module docstring)."""
 
     def __init__(self, config: PtiConfig, seed: int = 0, log: Callable[[str], None] = print) -> None:
         self.config = config
@@ -357,14 +357,14 @@ class PtiFinetuner:
 
     def lpips(self, device: Any) -> Any:
         """The LPIPS module of this config on ``device``."""
-        from latentdub.toolkit.perceptual import build_lpips
+        from latentdub.toolkit.learning.perceptual import build_lpips
 
         c = self.config
         return build_lpips(device, net=c.lpips_net, backbone_weights=c.lpips_weights, random_backbone=c.lpips_random_backbone, seed=self.seed, log=self.log)
 
     def _distance(self, lpips: Any, a: Any, b: Any, nets: TuneNetworks) -> tuple[Any, Any]:
         """Per-image (L2, LPIPS), each ``[B]`` float32."""
-        from latentdub.toolkit.perceptual import lpips_distance
+        from latentdub.toolkit.learning.perceptual import lpips_distance
 
         l2 = ((a - b) ** 2).flatten(1).mean(1)
         with nets.autocast():
@@ -378,7 +378,7 @@ class PtiFinetuner:
         import torch
         import torch.nn.functional as F
 
-        from latentdub.toolkit.errors import BadInputError, ConfigError
+        from latentdub.toolkit.core.errors import BadInputError, ConfigError
 
         if encoder is None:
             raise ConfigError("finetuner.pivots=encoder needs an encoder stage in the preset; add `encoder: {plugin: psp}` or set finetuner.pivots=optimise_wplus")
@@ -518,8 +518,8 @@ class PtiFinetuner:
         """
         import torch
 
-        from latentdub.toolkit.errors import BadInputError
-        from latentdub.toolkit.profiles import save_profile
+        from latentdub.toolkit.core.errors import BadInputError
+        from latentdub.toolkit.learning.profiles import save_profile
 
         c = self.config
         crops = np.asarray(crops)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, Optional
 
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.weights import WeightSpec
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.weights import WeightSpec
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -114,7 +114,7 @@ def build_stylegan2(config: StyleGAN2Config, context) -> "StyleGAN2Generator":
 
     from latentdub.nets.checkpoints import load_generator
     from latentdub.nets.stylegan2 import Generator
-    from latentdub.toolkit.errors import ConfigError
+    from latentdub.toolkit.core.errors import ConfigError
 
     if not 0.0 < config.truncation <= 1.0:
         raise ConfigError(f"generator.truncation: {config.truncation} must be in (0, 1]")
@@ -135,14 +135,14 @@ def build_stylegan2(config: StyleGAN2Config, context) -> "StyleGAN2Generator":
         gen.latent_avg = latent_avg.float()
     generator = StyleGAN2Generator(gen, config, context.device)
     if context.profile is not None:
-        from latentdub.toolkit.profiles import apply_profile
+        from latentdub.toolkit.learning.profiles import apply_profile
 
         apply_profile(generator, context.profile)
     return generator
 
 
 class StyleGAN2Generator:
-    """Implements :class:`~latentdub.toolkit.protocols.Generator` around :class:`latentdub.nets.stylegan2.Generator`.
+    """Implements :class:`~latentdub.toolkit.core.protocols.Generator` around :class:`latentdub.nets.stylegan2.Generator`.
 
     ``module`` is the trainable network (PTI tunes it in place); ``synthesize`` keeps gradients,
     so wrap calls in ``torch.no_grad()`` for inference.
@@ -186,7 +186,7 @@ class StyleGAN2Generator:
         if w.ndim == 2:
             w = w[:, None, :].expand(-1, self.n_styles, -1)
         if w.ndim != 3 or w.shape[1:] != (self.n_styles, self.style_dim):
-            from latentdub.toolkit.errors import BadInputError
+            from latentdub.toolkit.core.errors import BadInputError
 
             raise BadInputError(f"latents of shape {tuple(w.shape)}: generator expects [B, {self.n_styles}, {self.style_dim}]")
         out = []

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .errors import BadInputError, MissingWeightsError
+from ..core.errors import BadInputError, MissingWeightsError
 
 #: Registered weight name of each backbone and its torchvision file name.
 BACKBONES = {
@@ -35,7 +35,7 @@ def find_backbone(net: str) -> Path:
 
     Raises :class:`MissingWeightsError` naming the file and where to put it.
     """
-    from . import weights
+    from ..core import weights
 
     name, filename = BACKBONES[net]
     try:
@@ -131,7 +131,7 @@ def build_lpips(
     if random_backbone:
         log(f"LPIPS ({net}) uses a RANDOM backbone: a deterministic image distance for tests and timing, not a perceptual metric")
     else:
-        from . import weights
+        from ..core import weights
 
         path = weights.resolve(backbone_weights) if backbone_weights is not None else find_backbone(net)
         _load_backbone(model, Path(path))

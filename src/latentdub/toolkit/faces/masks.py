@@ -19,7 +19,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from .errors import BadInputError
+from ..core.errors import BadInputError
 
 #: Mean iBUG 68-point shape of closed-mouth frontal faces, measured with dlib's
 #: 68-point predictor on GRID frames and made left-right symmetric. Units: IOD;

@@ -36,14 +36,21 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .masks import mouth_openings
-from .types import Audio, Motion, TrackedFace
-from .video import VideoWriter, read_frames
+from ..core.files import write_bytes_atomic, write_text_atomic
+from ..core.types import Audio, Motion, TrackedFace
+from ..faces.masks import mouth_openings
+from ..media.figures import figure_bytes, new_figure, waveform_envelope
+from ..media.video import VideoWriter, read_frames
 
 #: Largest lag (frames, either way) searched when relating the output's mouth to the target.
 MAX_LAG = 5
 #: Sample rate of the source's sound in the source copy, Hz.
 SOURCE_AUDIO_RATE = 24000
+#: Colour and name of each frame kind in the strip: passed through, dubbed, dubbed by the renderer's fallback.
+KIND_COLOURS = ("#b8b8b8", "#2a9d5c", "#e07b00")
+KIND_NAMES = ("passed through", "dubbed", "fallback")
+#: Horizontal extent of every axis of the review figure, as fractions of its width (the page's playhead uses them).
+REVIEW_X = (0.065, 0.985)
 
 
 def review_paths(output: Path) -> tuple[Path, Path]:
@@ -81,12 +88,64 @@ def follow(measured: np.ndarray, target: np.ndarray, max_lag: int = MAX_LAG) -> 
     return best
 
 
+def review_figure(
+    fps: float,
+    output: np.ndarray,
+    source: np.ndarray,
+    target: Optional[np.ndarray],
+    speech: tuple[np.ndarray, np.ndarray, np.ndarray],
+    kinds: np.ndarray,
+) -> bytes:
+    """PNG of the review timeline (1200 px wide): mouth opening, speech waveform, frame kinds.
+
+    ``output``/``source``/``target``: float ``[T]`` mouth opening per output
+    frame (inner-lip gap / inter-ocular distance; NaN where unmeasured,
+    ``target`` None when the motion model gives none); ``speech``: the
+    envelope of :func:`~latentdub.toolkit.media.figures.waveform_envelope`;
+    ``kinds``: uint8 ``[T]`` codes indexing :data:`KIND_COLOURS`. Every axis
+    spans :data:`REVIEW_X` of the width and ``[0, T / fps]`` seconds.
+    """
+    from matplotlib.colors import ListedColormap
+
+    n = len(kinds)
+    end = max(n, 1) / fps
+    times = np.arange(n) / fps
+    fig = new_figure(12.0, 4.6)
+    left, right = REVIEW_X
+    mouth = fig.add_axes((left, 0.45, right - left, 0.49))
+    wave = fig.add_axes((left, 0.22, right - left, 0.19), sharex=mouth)
+    strip = fig.add_axes((left, 0.12, right - left, 0.06), sharex=mouth)
+    if target is not None:
+        mouth.plot(times, target, color="#7b61c9", lw=1.4, ls="--", label="target (motion model)")
+    mouth.plot(times, source, color="#8a8a8a", lw=1.2, label="source (measured)")
+    mouth.plot(times, output, color="#d1495b", lw=1.8, label="output (measured on the dub)")
+    mouth.set_ylabel("mouth opening\n(lip gap / eye distance)")
+    mouth.set_ylim(bottom=0.0)
+    mouth.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncol=3, frameon=False, borderaxespad=0.1)
+    mouth.grid(alpha=0.25)
+    mouth.tick_params(labelbottom=False)
+    t, lo, hi = speech
+    wave.fill_between(t, lo, hi, color="#3b6ea5", lw=0)
+    peak = max(float(np.max(np.abs(np.concatenate([lo, hi])))), 1e-3)
+    wave.set_ylim(-peak, peak)
+    wave.set_yticks([])
+    wave.set_ylabel("speech", rotation=0, ha="right", va="center")
+    wave.tick_params(labelbottom=False)
+    strip.imshow(np.asarray(kinds, np.int64)[None, :], aspect="auto", interpolation="nearest", extent=(0, end, 0, 1),
+                 cmap=ListedColormap(KIND_COLOURS), vmin=-0.5, vmax=len(KIND_COLOURS) - 0.5)
+    strip.set_yticks([])
+    strip.set_ylabel("frames", rotation=0, ha="right", va="center")
+    strip.set_xlabel("time (s)")
+    mouth.set_xlim(0, end)
+    return figure_bytes(fig, "png")
+
+
 def measure_openings(frames, detector, track_config, n_frames_hint: Optional[int] = None, progress=None) -> np.ndarray:
     """Mouth opening float64 ``[N]`` of each frame of ``frames`` (NaN without a face), tracked as the run tracks.
 
     ``detector`` must give 68-point landmarks.
     """
-    from .faces import analyse_video
+    from ..faces.track import analyse_video
 
     track = analyse_video(frames, detector, track_config, n_frames_hint=n_frames_hint, progress=progress)
     return mouth_openings(track.landmarks68)
@@ -96,8 +155,8 @@ def dense_detector(detector, context=None):
     """``detector`` when it gives 68-point landmarks, else the built-in dlib detector (for measuring mouths)."""
     if getattr(detector, "dense_landmarks", False):
         return detector
-    from .config import parse_config
-    from .plugins import get_component
+    from ..core.config import parse_config
+    from ..core.plugins import get_component
 
     component = get_component("detector", "dlib")
     return component.factory(parse_config(component.config, {}, "detector"), context)
@@ -125,7 +184,7 @@ class Review:
     @classmethod
     def for_dub(cls, output: Path, video: Path, info, track, timeline, detector) -> "Review":
         """The review of dubbing ``video`` (probed ``info``, analysed ``track``) onto ``timeline``."""
-        from .audio import fit_duration, load_audio
+        from ..media.audio import fit_duration, load_audio
 
         openings = mouth_openings(track.landmarks68) if track.landmarks68 is not None else measure_openings(
             read_frames(video, fps=timeline.fps, info=info), dense_detector(detector), _measure_config(track.crop_size), info.n_frames
@@ -147,7 +206,7 @@ class Review:
         if face is not None and face.landmarks68 is not None:
             opening = float(mouth_openings(face.landmarks68[None])[0])
         else:
-            from .faces import track_still
+            from ..faces.track import track_still
 
             still = track_still(picture, dense_detector(detector), _measure_config(picture.shape[0]))
             opening = float(mouth_openings(still.face.landmarks68[None])[0]) if still.face is not None else np.nan
@@ -155,7 +214,7 @@ class Review:
 
     def start(self, motion: Motion, speech: Audio, fps: float, size: tuple[int, int], output_config, workdir: Path) -> VideoWriter:
         """Keep the motion target and the speech; open the writer of the source copy (in ``workdir`` until :meth:`write`)."""
-        from .audio import save_wav
+        from ..media.audio import save_wav
 
         self.target = motion_target(motion)
         self.speech = speech
@@ -170,8 +229,6 @@ class Review:
         The time this takes is added to ``summary.stage_seconds["review"]``;
         ``progress(total, desc)`` makes the progress bar of the measurement.
         """
-        from .plots import KIND_COLOURS, KIND_NAMES, REVIEW_X, review_figure, waveform_envelope
-
         assert self.speech is not None, "Review.start was not called"
         started = time.perf_counter()
         page, assets = review_paths(self.output)
@@ -190,7 +247,7 @@ class Review:
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir()
         shutil.move(str(self.source_copy), part / "source.mp4")
-        (part / "plot.png").write_bytes(png)
+        write_bytes_atomic(part / "plot.png", png)
         if assets.exists():
             shutil.rmtree(assets)
         part.replace(assets)
@@ -208,14 +265,11 @@ class Review:
             "follow": _follow_report(output, source, target),
         }
         text = _page(self, summary, preset, data, assets.name)
-        tmp = page.with_name("." + page.name + ".part")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(page)
-        return page
+        return write_text_atomic(page, text)
 
 
 def _measure_config(crop_size: int):
-    from .presets import TrackConfig
+    from ..core.presets import TrackConfig
 
     return TrackConfig(crop_size=int(crop_size))
 

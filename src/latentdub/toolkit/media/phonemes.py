@@ -21,8 +21,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import BadInputError
-from .types import Audio
+from ..core.errors import BadInputError
+from ..core.types import Audio
 
 #: pocketsphinx analyses 100 frames per second.
 PS_FRAME = 0.01

@@ -19,10 +19,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .build import Components
-from .errors import BadInputError, ConfigError, NoFaceError
-from .files import check_writable_file
-from .presets import Preset, resolve_preset
+from ..core.build import Components
+from ..core.errors import BadInputError, ConfigError, NoFaceError
+from ..core.files import check_writable_file
+from ..core.presets import Preset, resolve_preset
 
 
 @dataclasses.dataclass
@@ -51,15 +51,16 @@ def _finetuner(components: Components) -> Any:
     """The preset's finetuner, else ``pti`` with its defaults."""
     if components.has("finetuner"):
         return components["finetuner"]
-    from .plugins import get_component
+    from ..core.plugins import get_component
 
     component = get_component("finetuner", "pti")
     return component.factory(component.config(), components.context)
 
 
 def _image_crops(source: Path, components: Components, size: int) -> tuple[np.ndarray, list[int], int]:
-    from .faces import ffhq_alignment, track_still, warp_to_crop
-    from .video import read_image
+    from ..faces.align import ffhq_alignment, warp_to_crop
+    from ..faces.track import track_still
+    from ..media.video import read_image
 
     picture = read_image(source)
     tracked = track_still(picture, components["detector"], components.preset.track)
@@ -74,8 +75,9 @@ def _video_crops(source: Path, components: Components, size: int, k: int, progre
 
     from latentdub.plugins.pti import select_keyframes
 
-    from .faces import analyse_video, ffhq_alignment, warp_to_crop
-    from .video import probe_video, read_frames, read_frames_at
+    from ..faces.track import analyse_video
+    from ..faces.align import ffhq_alignment, warp_to_crop
+    from ..media.video import probe_video, read_frames, read_frames_at
 
     info = probe_video(source)
     with tqdm(total=info.n_frames, desc="analyse", unit="frame", disable=not progress, leave=False, dynamic_ncols=True) as bar:
@@ -107,8 +109,8 @@ def tune(
     :class:`BadInputError` for unreadable inputs; nothing is left at ``out``
     on failure.
     """
-    from .pipeline import preset_path_for
-    from .video import IMAGE_SUFFIXES
+    from ..dubbing.pipeline import preset_path_for
+    from ..media.video import IMAGE_SUFFIXES
 
     start = time.perf_counter()
     source = Path(source)

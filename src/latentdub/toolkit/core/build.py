@@ -1,12 +1,12 @@
-"""Build the components a preset names, once each, with a shared context."""
+"""Build the components a preset names, once each, with a shared :class:`BuildContext`."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import protocols
-from .context import BuildContext
 from .devices import resolve_device
 from .errors import ConfigError, LatentdubError, PluginError
 from .plugins import get_component
@@ -23,6 +23,26 @@ PROTOCOLS = {
     "compositor": protocols.Compositor,
     "finetuner": protocols.Finetuner,
 }
+
+
+@dataclasses.dataclass
+class BuildContext:
+    """Passed to every ``factory(config, context)``.
+
+    ``device``: the ``torch.device`` to run on; ``weights(name_or_path)``
+    returns a local path for a registered weight name or a user path (raising
+    :class:`~latentdub.toolkit.core.errors.MissingWeightsError`); ``build(stage)``
+    builds the component configured for another stage of the same preset
+    (for example a renderer asking for the ``generator`` stage), cached so each
+    stage is built once; ``seed`` seeds random initialisation.
+    """
+
+    device: Any
+    weights: Callable[[str], Path]
+    build: Callable[[str], Any]
+    seed: int = 0
+    profile: Optional[Path] = None
+    log: Callable[[str], None] = print
 
 
 class Components:
@@ -78,7 +98,7 @@ class Components:
             missing = [name for name in dir(expected) if not name.startswith("_") and not hasattr(built, name)]
             raise PluginError(
                 f"{stage}: plugin {spec.plugin!r} ({component.plugin}) built a {type(built).__name__} that lacks "
-                f"{', '.join(missing) or 'the ' + expected.__name__ + ' protocol'}; see latentdub.toolkit.protocols.{expected.__name__}"
+                f"{', '.join(missing) or 'the ' + expected.__name__ + ' protocol'}; see latentdub.toolkit.core.protocols.{expected.__name__}"
             )
         self._built[stage] = built
         return built

@@ -5,7 +5,7 @@ Two streaming passes over the footage keep memory flat in clip length:
 1. analysis: decode, detect, select and track the target face, smooth its
    landmarks, align (only landmarks are kept, ``O(frames x points)``);
 2. study (only when the renderer or motion model has ``study``, see
-   :class:`~latentdub.toolkit.protocols.SourceStudent`): decode again and show
+   :class:`~latentdub.toolkit.core.protocols.SourceStudent`): decode again and show
    it every aligned face crop;
 3. synthesis: decode again, crop each tracked face, render the new mouth in
    batches, composite it back, encode; frames without a face pass through.
@@ -26,13 +26,13 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from . import protocols
-from .build import Components
-from .errors import NoFaceError, PluginError
-from .presets import Preset, resolve_preset
+from ..core import protocols
+from ..core.build import Components
+from ..core.errors import NoFaceError, PluginError
+from ..core.presets import Preset, resolve_preset
+from ..core.types import Audio, Frame, Motion, TrackedFace
+from ..media.video import VideoWriter, check_output_path, probe_video, read_frames, read_frames_at, read_image
 from .review import Review
-from .types import Audio, Frame, Motion, TrackedFace
-from .video import VideoWriter, check_output_path, probe_video, read_frames, read_frames_at, read_image
 
 #: Reference crops handed to ``Renderer.prepare`` (spread over the clip).
 N_REFERENCES = 8
@@ -169,7 +169,7 @@ class _Synthesiser:
     """Renders and composites frames in batches, streaming them to a writer."""
 
     def __init__(self, components: Components, motion: Motion, writers: list[Callable[[np.ndarray, np.ndarray], None]], summary: RunSummary) -> None:
-        from .faces import warp_to_crop
+        from ..faces.align import warp_to_crop
 
         self.warp_to_crop = warp_to_crop
         self.renderer = components["renderer"]
@@ -227,7 +227,7 @@ def _contact_sheet(frames: list[np.ndarray], path: Path) -> Path:
 
 def _load_speech(audio: Path, components: Components, summary: RunSummary) -> Audio:
     """Decode the speech at the motion model's rate and apply the preset's ``speech`` edits."""
-    from .audio import edit_audio, load_audio
+    from ..media.audio import edit_audio, load_audio
 
     edits = components.preset.speech
     with _timed(summary, "audio"):
@@ -262,7 +262,7 @@ def _synthesise(
     review: Optional[Review] = None,
 ) -> None:
     """Motion, render, composite and encode ``n_out`` frames into ``output`` (and the review's source copy)."""
-    from .audio import save_wav
+    from ..media.audio import save_wav
 
     preset = components.preset
     renderer, motion_model = _check_motion_fits(components)
@@ -333,7 +333,7 @@ def dub(
     :class:`NoFaceError` (no usable face in any frame), :class:`MissingWeightsError`
     or :class:`PluginError`; nothing is left at ``output`` on failure.
     """
-    from .faces import analyse_video
+    from ..faces.track import analyse_video
     from .timing import is_monotonic, plan_timeline, timeline_audio
 
     video, audio = Path(video), Path(audio)
@@ -395,7 +395,7 @@ def _study_source(
     ``frames()`` yields (frame uint8 ``[H, W, 3]``, its tracked face) in
     source order; it is not called when no component studies.
     """
-    from .faces import warp_to_crop
+    from ..faces.align import warp_to_crop
 
     students = [components[s] for s in ("renderer", "motion") if isinstance(components[s], protocols.SourceStudent)]
     if not students:
@@ -456,7 +456,7 @@ def _video_references(video: Path, info, track, kept: dict[int, np.ndarray]) -> 
     Taken from the frames kept during pass 1; only when none of those shows
     the face (a face in a small part of the clip) is the clip decoded again.
     """
-    from .faces import warp_to_crop
+    from ..faces.align import warp_to_crop
 
     images = {i: image for i, image in kept.items() if track[i].face is not None}
     if not images:
@@ -481,7 +481,7 @@ def animate(
 
     The output runs at ``output.fps`` (25 when unset) for the speech's length.
     """
-    from .faces import track_still
+    from ..faces.track import track_still
     from .timing import plan_timeline, timeline_audio
 
     image, audio = Path(image), Path(audio)
@@ -502,7 +502,7 @@ def animate(
     n_out = timeline.n_frames
     speech = timeline_audio(speech, timeline)
     summary.frames, summary.fps, summary.audio_seconds = n_out, fps, speech.duration
-    from .faces import warp_to_crop
+    from ..faces.align import warp_to_crop
 
     crop = warp_to_crop(picture, tracked.alignment)
     references = (crop[None], tracked.alignment.apply(_landmarks(tracked.face))[None])

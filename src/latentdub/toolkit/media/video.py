@@ -18,9 +18,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .errors import BadInputError, OutputError
-from .files import check_writable_file
-from .types import Frame, VideoInfo
+from ..core.errors import BadInputError, OutputError
+from ..core.files import check_writable_file
+from ..core.types import Frame, VideoInfo
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 

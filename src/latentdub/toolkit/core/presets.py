@@ -38,7 +38,7 @@ class OutputConfig:
     """Encoding of the result: x264 ``crf`` (0-51, lower is better) and ``preset``;
     ``fps`` None follows the input; ``preview`` writes a side-by-side video beside
     the output, ``contact_sheet`` a PNG grid of frames and ``review`` the review
-    page ``OUT.review.html`` (see :mod:`latentdub.toolkit.review`)."""
+    page ``OUT.review.html`` (see :mod:`latentdub.toolkit.dubbing.review`)."""
 
     crf: int = 18
     x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"] = "veryfast"

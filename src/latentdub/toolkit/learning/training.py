@@ -1,6 +1,6 @@
 """Stage-1 training: fit the PCA subspace V, then train E_A and D (``latentdub train``).
 
-:func:`train` reads a dataset from :mod:`latentdub.toolkit.dataset`, fits V
+:func:`train` reads a dataset from :mod:`latentdub.toolkit.learning.dataset`, fits V
 on the training split's latents (:func:`~latentdub.nets.audio2latent.fit_pca`),
 and minimises ``latent_weight * L_latent + lpips_weight * L_lpips`` with Adam:
 
@@ -36,7 +36,7 @@ from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
-from .errors import BadInputError, ConfigError, MissingWeightsError
+from ..core.errors import BadInputError, ConfigError, MissingWeightsError
 
 CSV_COLUMNS = ("step", "loss", "latent", "lpips", "val_loss", "val_latent", "val_lpips", "lr", "seconds")
 FINAL_NAME = "audio2latent.safetensors"
@@ -368,9 +368,9 @@ def train(
 
     from latentdub.nets.audio2latent import Audio2Latent, fit_pca, load_checkpoint, save_checkpoint
 
-    from .build import Components
+    from ..core.build import Components
     from .dataset import load_manifest, read_split
-    from .presets import Preset, resolve_preset
+    from ..core.presets import Preset, resolve_preset
 
     started = time.perf_counter()
     preset = preset if isinstance(preset, Preset) else resolve_preset(preset, overrides)

@@ -20,8 +20,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import BadInputError, OutputError
-from .types import Audio
+from ..core.errors import BadInputError, OutputError
+from ..core.types import Audio
 
 #: Sample rate every speech model in latentdub works at, in Hz.
 SPEECH_RATE = 16000

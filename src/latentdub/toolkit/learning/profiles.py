@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
-from .errors import BadInputError, OutputError
+from ..core.errors import BadInputError, OutputError
 
 #: ``format`` value in the metadata of every profile file.
 PROFILE_FORMAT = "latentdub-profile"
@@ -89,7 +89,7 @@ def save_profile(
     import torch
     from safetensors.torch import save_file
 
-    from .. import __version__
+    from latentdub import __version__
 
     out = Path(out).expanduser()
     if store not in ("delta", "full"):

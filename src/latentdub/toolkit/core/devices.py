@@ -30,6 +30,16 @@ def resolve_device(name: str = "auto"):
     return torch.device(name)
 
 
+def cuda_available() -> bool:
+    """True when torch imports and sees a CUDA device (False on any failure: a batch driver only asks)."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
 def set_tf32(enabled: bool) -> None:
     """Allow (or forbid) TF32 matrix and convolution maths on CUDA; no effect elsewhere."""
     import warnings

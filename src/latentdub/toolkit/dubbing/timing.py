@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BadInputError
-from .types import Audio
+from ..core.errors import BadInputError
+from ..core.types import Audio
 
 POLICIES = ("trim", "loop", "pingpong", "hold", "pad")
 
@@ -149,6 +149,6 @@ def segments(timeline: Timeline) -> list[tuple[int, int]]:
 
 def timeline_audio(audio: Audio, timeline: Timeline) -> Audio:
     """The output's audio track: ``audio`` placed at ``audio_offset`` and fitted to ``T / fps`` seconds."""
-    from .audio import fit_duration
+    from ..media.audio import fit_duration
 
     return fit_duration(audio, timeline.audio_duration, timeline.audio_offset)

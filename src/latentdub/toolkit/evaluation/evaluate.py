@@ -29,18 +29,16 @@ import dataclasses
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
-from .config import config_to_dict, parse_config
-from .context import BuildContext
-from .errors import BadInputError, LatentdubError, MissingWeightsError, PluginError
-from .files import check_writable_file
-from .types import Face, Frame
+from ..core.config import config_to_dict, parse_config
+from ..core.build import BuildContext
+from ..core.errors import BadInputError, LatentdubError, MissingWeightsError, PluginError
+from ..core.files import check_writable_file, write_text_atomic
+from ..core.types import Face, Frame
 
 #: Metric names run by default, in table order.
 DEFAULT_METRICS = ("psnr", "ssim", "fid", "lmd", "lse", "cpbd")
@@ -151,7 +149,7 @@ def _videos(folder: Path) -> dict[str, Path]:
 
 def _dataset_references(dataset: Path, split: str) -> dict[str, Path]:
     """Source videos of the clips in ``split`` of a prepared dataset, by clip id."""
-    from .dataset import load_manifest, read_split
+    from ..learning.dataset import load_manifest, read_split
 
     entries = load_manifest(dataset).get("clips", {})
     ids = read_split(dataset, split)
@@ -265,16 +263,16 @@ def evaluate(
     ``weights``: resolver of weight names to paths (default: the weights registry);
     ``split``: the split scored when ``reference`` is a prepared dataset.
     """
-    from .devices import resolve_device
-    from .plugins import get_component
-    from .video import probe_video, read_frames
+    from ..core.devices import resolve_device
+    from ..core.plugins import get_component
+    from ..media.video import probe_video, read_frames
 
     clips, unmatched = pair_inputs(generated, reference, split)
     names = list(dict.fromkeys(metrics))
     components = {name: get_component("metric", name) for name in names}
     configs = _parse_settings(names, settings or {}, components)
     if weights is None:
-        from . import weights as registry
+        from ..core import weights as registry
 
         weights = registry.resolve
 
@@ -452,46 +450,14 @@ def to_dict(evaluation: Evaluation) -> dict[str, Any]:
     }
 
 
-#: Axis label suffix of each per-frame column in :func:`write_plot`.
-_UNITS = {"PSNR": " (dB)", "LMD": " (px)"}
-
-
-def write_plot(evaluation: Evaluation, path: Path) -> Path:
-    """Plot the per-frame scores of every clip over time (one panel per column) to ``path`` (.png, .svg or .pdf)."""
-    from .plots import metrics_over_time
-
-    units = dict(_UNITS)
-    if evaluation.settings.get("lmd", {}).get("normalise"):
-        units["LMD"] = " (eye distances)"
-    series = {
-        column: [(r.clip.name, *r.series[column]) for r in evaluation.clips if column in r.series]
-        for column in evaluation.columns if column not in evaluation.unavailable
-    }
-    return metrics_over_time(series, path, units)
-
-
 def check_report_path(path: Path) -> Path:
     """Fail before any work when a report cannot be written to ``path``."""
     return check_writable_file(path, "report.json")
 
 
-def _write_atomic(path: Path, text: str) -> Path:
-    path = check_report_path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_json(evaluation: Evaluation, path: Path) -> Path:
     """Write :func:`to_dict` as JSON (written to a temporary file, then renamed)."""
-    return _write_atomic(path, json.dumps(to_dict(evaluation), indent=2) + "\n")
+    return write_text_atomic(check_report_path(path), json.dumps(to_dict(evaluation), indent=2) + "\n")
 
 
 def write_csv(evaluation: Evaluation, path: Path) -> Path:
@@ -516,4 +482,4 @@ def write_csv(evaluation: Evaluation, path: Path) -> Path:
         SUMMARY_ROW, "", "", sum(r.frames for r in evaluation.clips),
         *(cell(c, evaluation.summary.get(c)) for c in evaluation.columns), *([""] * len(extra)), "",
     ])
-    return _write_atomic(path, buf.getvalue())
+    return write_text_atomic(check_report_path(path), buf.getvalue())

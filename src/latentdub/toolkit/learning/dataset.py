@@ -2,7 +2,7 @@
 
 ``latentdub dataset prepare`` (:func:`prepare_dataset`) finds the clips of a
 corpus (:func:`find_clips`), and for each one: tracks and aligns the face
-(:func:`~latentdub.toolkit.faces.analyse_video` with the preset's detector and
+(:func:`~latentdub.toolkit.faces.track.analyse_video` with the preset's detector and
 ``track`` settings), warps every frame to the encoder's FFHQ crop, inverts it
 with the encoder stage (E_I, batched), computes the audio features stage on
 the clip's speech for exactly the decoded frames, and writes one shard:
@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from .errors import BadInputError, NoFaceError
+from ..core.errors import BadInputError, NoFaceError
 
 FORMAT = "latentdub.dataset"
 FORMAT_VERSION = 1
@@ -242,7 +242,7 @@ def _source_state(clip: ClipSource) -> dict[str, Any]:
 
 
 def _sources_sha256(clip: ClipSource) -> str:
-    from .weights import file_sha256
+    from ..core.weights import file_sha256
 
     digests = [file_sha256(p) for p in (clip.video, clip.audio) if p is not None]
     return digests[0] if len(digests) == 1 else "+".join(digests)
@@ -326,7 +326,7 @@ def _write_splits(out_dir: Path, splits: Mapping[str, list[str]]) -> None:
 
 
 def _stage_record(preset: Any, stage: str) -> dict[str, Any]:
-    from .config import config_to_dict
+    from ..core.config import config_to_dict
 
     spec = preset.stages[stage]
     return {"plugin": spec.plugin, **config_to_dict(spec.config)}
@@ -346,9 +346,10 @@ def prepare_clip(clip: ClipSource, components: Any, batch_size: int) -> tuple[np
     Raises :class:`NoFaceError` when no frame has a face and
     :class:`BadInputError` when the clip or its speech cannot be decoded.
     """
-    from .audio import load_audio
-    from .faces import NO_FACE, analyse_video, ffhq_alignment, warp_to_crop
-    from .video import probe_video, read_frames
+    from ..media.audio import load_audio
+    from ..faces.track import NO_FACE, analyse_video
+    from ..faces.align import ffhq_alignment, warp_to_crop
+    from ..media.video import probe_video, read_frames
 
     preset = components.preset
     info = probe_video(clip.video)
@@ -404,7 +405,7 @@ def prepare_dataset(
 ) -> PrepareSummary:
     """Prepare (or resume preparing) the Stage-1 dataset of ``source_dir`` into ``out_dir``.
 
-    ``preset`` (name, YAML path or :class:`~latentdub.toolkit.presets.Preset`)
+    ``preset`` (name, YAML path or :class:`~latentdub.toolkit.core.presets.Preset`)
     supplies the detector, encoder and audio features stages and the
     ``track`` settings; ``seed`` (default: the preset's) shuffles the
     speaker-disjoint splits. Clips that fail (no face, undecodable) are
@@ -414,8 +415,8 @@ def prepare_dataset(
     """
     from tqdm import tqdm
 
-    from .build import Components
-    from .presets import Preset, resolve_preset
+    from ..core.build import Components
+    from ..core.presets import Preset, resolve_preset
 
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise BadInputError(f"split fractions val={val_fraction}, test={test_fraction}: each must be in [0, 1) and their sum below 1")
