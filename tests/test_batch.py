@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -410,26 +411,55 @@ def _same_outputs(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
-def test_local_pool_with_two_workers_gives_the_same_outputs(tmp_path, inline_batch, grid_clips):
+def test_local_pool_with_two_workers_gives_the_same_outputs(tmp_path, inline_batch, grid_clips, capfd):
     manifest = _grid_manifest(tmp_path, grid_clips, 4)
     clips = yaml.safe_load(manifest.read_text())
     clips["clips"] = clips["clips"][:2]
     manifest.write_text(yaml.safe_dump(clips))
-    summary = run_batch(manifest, workers=2, executor="local", log=_quiet)
+    capfd.readouterr()
+    summary = run_batch(manifest, workers=2, executor="local", log=_quiet, progress=True)
+    assert "2/2" in _final_bar(capfd.readouterr().err)  # the batch bar follows results from the workers
     assert summary.ok and len(summary.clips) == 2
     for got, want in zip(summary.clips, inline_batch.clips):
         _same_outputs(got.output, want.output)
 
 
 @pytest.mark.slow
-def test_ray_executor_gives_the_same_outputs(tmp_path, inline_batch, grid_clips):
+def test_ray_executor_gives_the_same_outputs(tmp_path, inline_batch, grid_clips, capfd):
     ray = pytest.importorskip("ray")
     manifest = _grid_manifest(tmp_path, grid_clips, 4)
     clips = yaml.safe_load(manifest.read_text())
     clips["clips"] = clips["clips"][:2]
     manifest.write_text(yaml.safe_dump(clips))
-    summary = run_batch(manifest, workers=2, executor="ray", log=_quiet)
+    capfd.readouterr()
+    summary = run_batch(manifest, workers=2, executor="ray", log=_quiet, progress=True)
+    assert "2/2" in _final_bar(capfd.readouterr().err)  # the batch bar follows results from the workers
     assert not ray.is_initialized(), "a Ray started by run_batch is shut down"
     assert summary.ok and summary.executor == "ray"
     for got, want in zip(summary.clips, inline_batch.clips):
         _same_outputs(got.output, want.output)
+
+
+@pytest.mark.parametrize("executor", ["inline", "local"])
+def test_batch_bar_counts_settled_clips_with_an_eta(tmp_path, capfd, executor):
+    """One bar over the manifest: clips skipped earlier start it, each result from the executor moves it."""
+    media = _media(tmp_path)
+    clips = [{"video": media[i], "audio": media[0], "output": f"{i}.mp4"} for i in range(3)] + [{"video": "media/bad.mp4", "audio": media[0], "output": "bad.mp4"}]
+    (tmp_path / "media" / "bad.mp4").write_bytes(b"bad")
+    manifest = _write_manifest(tmp_path, clips[:1])
+    run_batch(manifest, log=_quiet, dub_fn=fake_dub)  # clip 0 is finished before the run we watch
+    capfd.readouterr()
+    manifest = _write_manifest(tmp_path, clips)
+    lines = []
+    summary = run_batch(manifest, workers=2, executor=executor, log=lines.append, progress=True, dub_fn=fake_dub)
+    err = capfd.readouterr().err
+    assert [c.status for c in summary.clips] == ["skipped", "done", "done", "failed"]
+    final = _final_bar(err)
+    assert "4/4" in final and "clip" in final and "done 2, failed 1, skipped 1" in final, final
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", final), final  # elapsed < remaining (the ETA)
+    assert any(line.startswith("[4/4]") or line.startswith("[3/4]") for line in lines)  # log lines still come, written above the bar
+
+
+def _final_bar(err: str) -> str:
+    """The last state of the batch bar in captured stderr."""
+    return [part for part in err.replace("\r", "\n").splitlines() if part.startswith("batch")][-1]

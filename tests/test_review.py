@@ -30,9 +30,9 @@ def reviewed(grid_clips, tmp_path_factory):
     """bbaf2n dubbed with the speech of lbbc2a by the preview backend, with ``--review``."""
     out = tmp_path_factory.mktemp("review") / "dub.mp4"
     video, speech = grid_clips[0], grid_clips[3]
-    result = CliRunner().invoke(cli, ["dub", str(video), str(speech), "-o", str(out), "--preset", "preview", "--review", "--quiet"])
+    result = CliRunner().invoke(cli, ["dub", str(video), str(speech), "-o", str(out), "--preset", "preview", "--review"])
     assert result.exit_code == 0, result.output
-    return out, video
+    return out, video, result.stderr
 
 
 def test_follow_finds_the_lag_of_a_shifted_curve():
@@ -45,7 +45,7 @@ def test_follow_finds_the_lag_of_a_shifted_curve():
 
 
 def test_review_page_and_assets(reviewed):
-    out, video = reviewed
+    out, video, _ = reviewed
     page, assets = review_paths(out)
     text = page.read_text(encoding="utf-8")
     assert "http://" not in text and "https://" not in text  # nothing is fetched at view time
@@ -76,7 +76,7 @@ def test_review_page_and_assets(reviewed):
 
 
 def test_review_page_plays_in_a_real_browser(reviewed, tmp_path):
-    out, _ = reviewed
+    out, _, _ = reviewed
     page, _ = review_paths(out)
     with headless_chromium() as browser:
         browser.get(page.resolve().as_uri())
@@ -148,3 +148,17 @@ def test_animate_review_and_no_residue_when_a_run_fails(portrait, grid_clips, tm
     with pytest.raises(RuntimeError):
         latentdub.animate(portrait, grid_clips[3], failed, preset="preview", overrides=["output.review=true"], log=lambda m: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (out, page, assets, out.with_name("talk.latentdub.yaml")))
+
+
+def test_dub_shows_one_progress_bar_per_stage(reviewed):
+    """analyse, render (render, composite and encode stream together) and review each end on one full bar."""
+    *_, stderr = reviewed
+    finals = {}
+    for part in stderr.replace("\r", "\n").splitlines():
+        name = part.split(":")[0].strip()
+        if name in ("analyse", "study", "render", "review") and "|" in part:
+            finals[name] = part
+    assert sorted(finals) == ["analyse", "render", "review"], stderr  # the preview renderer does not study
+    for name, bar in finals.items():
+        assert re.search(r"100%\|.*\| 7[45]/7[45] ", bar), bar
+    assert "faces: 75/75 output frames dubbed" in stderr and "also wrote" in stderr and "review.html" in stderr

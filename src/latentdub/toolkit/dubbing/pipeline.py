@@ -90,9 +90,14 @@ def _timed(summary: RunSummary, stage: str) -> Iterator[None]:
 
 
 def _progress(total: Optional[int], desc: str, enabled: bool):
+    """The progress bar of one per-frame stage (analyse, study, render, review): one line each, named alike.
+
+    A bar at the top of the terminal stays when done (a plain ``dub``); under
+    another bar (a batch's) it is cleared, so a batch keeps one line per clip in flight.
+    """
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=f"{desc:<7}", unit="frame", disable=not enabled, leave=None, dynamic_ncols=True)
 
 
 def preset_path_for(output: Path) -> Path:
