@@ -9,6 +9,8 @@ Two streaming passes over the footage keep memory flat in clip length:
    it every aligned face crop;
 3. synthesis: decode again, crop each tracked face, render the new mouth in
    batches, composite it back, encode; frames without a face pass through.
+4. review (only with ``output.review``, see :mod:`.review`): decode the
+   written output once more and measure its mouth for the review page.
 
 Speech goes through the motion model once for the whole output timeline
 (compact per-frame codes), and is muxed into the result as AAC.
