@@ -35,10 +35,12 @@ print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _looped(clip: Path, out: Path, times: int) -> Path:
-    from latentdub.toolkit.media.video import ffmpeg_exe
+    """``clip`` repeated ``times`` times at its own constant frame rate, H.264/AAC."""
+    from latentdub.toolkit.media.video import ffmpeg_exe, probe_video
 
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-stream_loop", str(times - 1), "-i", str(clip), "-c:v", "libx264",
-                    "-preset", "ultrafast", "-crf", "18", "-c:a", "aac", str(out)], check=True)
+    rate = str(probe_video(clip).fps)
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-stream_loop", str(times - 1), "-i", str(clip), "-fps_mode", "cfr", "-r", rate,
+                    "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-c:a", "aac", str(out)], check=True)
     return out
 
 
