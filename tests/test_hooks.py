@@ -34,6 +34,7 @@ def _plugin_for(hook_name: str):
 
 COMPONENT_HOOKS = [
     ("detector", "register_detectors"),
+    ("face_embedder", "register_face_embedders"),
     ("encoder", "register_encoders"),
     ("generator", "register_generators"),
     ("motion", "register_motion_models"),

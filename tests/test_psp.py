@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentdub.nets.checkpoints import load_generator
+from latentdub.nets.generator_files import load_generator
 from latentdub.nets.psp import (
     Encoder4Editing,
     GradualStyleEncoder,

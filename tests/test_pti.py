@@ -138,7 +138,7 @@ def grid_track(grid_clips):
 
 
 def test_keyframes_cover_mouth_shapes(grid_track):
-    from latentdub.plugins.pti import keyframe_features, select_keyframes
+    from latentdub.toolkit.faces.track import keyframe_features, select_keyframes
 
     frames, feats = keyframe_features(grid_track)
     assert feats.shape == (len(frames), 4) and len(frames) > 60

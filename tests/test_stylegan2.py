@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentdub.nets.checkpoints import load_generator
+from latentdub.nets.generator_files import load_generator
 from latentdub.nets.nvidia_pkl import convert_nvidia_state_dict, generator_from_nvidia, load_nvidia_pkl
 from latentdub.nets.stylegan2 import (Generator, ModulatedConv2d, Upsample, compiled_synthesis, load_rosinality_checkpoint, load_safetensors,
                                       save_safetensors, upfirdn2d)

@@ -8,6 +8,7 @@ The public Python API mirrors the command line::
     latentdub.tune("actor.mp4", "actor.profile")
     latentdub.prepare_dataset("GRID/", "grid-data/", layout="grid")
     latentdub.train("grid-data/", "runs/grid")
+    latentdub.fit_directions("clips/", "mouth-directions.safetensors")
     latentdub.evaluate("out/", "reference/")
     latentdub.batch("manifest.yaml")
 
@@ -29,6 +30,7 @@ _API = {
     "tune": "latentdub.toolkit.learning.tuning:tune",
     "prepare_dataset": "latentdub.toolkit.learning.dataset:prepare_dataset",
     "train": "latentdub.toolkit.learning.training:train",
+    "fit_directions": "latentdub.toolkit.learning.directions:fit_directions",
     "evaluate": "latentdub.toolkit.evaluation.evaluate:evaluate",
     "batch": "latentdub.toolkit.batch.run:run_batch",
     "resolve_preset": "latentdub.toolkit.core.presets:resolve_preset",

@@ -23,6 +23,7 @@ COMMANDS = {
     "tune": "latentdub.commands.tune:tune_command",
     "dataset": "latentdub.commands.dataset:dataset_group",
     "train": "latentdub.commands.train:train_command",
+    "directions": "latentdub.commands.directions:directions_group",
     "evaluate": "latentdub.commands.evaluate:evaluate_command",
     "batch": "latentdub.commands.batch:batch_command",
     "weights": "latentdub.commands.weights:weights",

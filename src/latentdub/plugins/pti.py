@@ -15,7 +15,7 @@
 3. The result is written as an identity profile
    (:mod:`latentdub.toolkit.learning.profiles`); the generator given is not changed.
 
-Video keyframes (:func:`select_keyframes`) cover the mouth shapes and head
+Video keyframes (:func:`latentdub.toolkit.faces.track.select_keyframes`) cover the mouth shapes and head
 poses of the clip by farthest-point sampling in a standardised landmark
 feature space.
 """
@@ -134,79 +134,6 @@ def build_pti(config: PtiConfig, context: Any) -> "PtiFinetuner":
         else:
             find_backbone(config.lpips_net)
     return PtiFinetuner(config, seed=context.seed if config.seed is None else config.seed, log=context.log)
-
-
-# --------------------------------------------------------------------------- keyframes
-
-
-def keyframe_features(track: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Frames with a face and their shape/pose features.
-
-    Returns ``(frames int64 [M], features float64 [M, F])`` with columns mouth
-    opening and mouth width (over the inter-ocular distance; opening only
-    with 68 points), yaw proxy (nose offset along the eye axis over the
-    inter-ocular distance) and pitch proxy (nose offset across it over the
-    eye-to-mouth distance). Detected frames are preferred over bridged ones.
-    """
-    from latentdub.toolkit.faces.track import BRIDGED, NO_FACE
-
-    status = np.asarray(track.status)
-    lm5 = np.asarray(track.landmarks5, np.float64)
-    ok = (status != NO_FACE) & np.isfinite(lm5).all(axis=(1, 2))
-    if track.landmarks68 is not None:
-        ok &= np.isfinite(np.asarray(track.landmarks68)).all(axis=(1, 2))
-    measured = ok & (status != BRIDGED)
-    frames = np.flatnonzero(measured if measured.any() else ok)
-    pts = lm5[frames]
-    eye_l, eye_r, nose, mouth_l, mouth_r = (pts[:, i] for i in range(5))
-    eye_mid, mouth_mid = (eye_l + eye_r) / 2, (mouth_l + mouth_r) / 2
-    axis = eye_r - eye_l
-    ocular = np.maximum(np.linalg.norm(axis, axis=1), 1e-6)
-    x_hat = axis / ocular[:, None]
-    y_hat = np.stack([-x_hat[:, 1], x_hat[:, 0]], axis=1)
-    rel = nose - eye_mid
-    face_h = np.maximum(np.einsum("ij,ij->i", mouth_mid - eye_mid, y_hat), 1e-6)
-    yaw = np.einsum("ij,ij->i", rel, x_hat) / ocular
-    pitch = np.einsum("ij,ij->i", rel, y_hat) / face_h
-    width = np.linalg.norm(mouth_r - mouth_l, axis=1) / ocular
-    columns = [width, yaw, pitch]
-    if track.landmarks68 is not None:
-        from latentdub.toolkit.faces.masks import mouth_opening
-
-        columns.insert(0, np.array([mouth_opening(track.landmarks68[i]) for i in frames]))
-    return frames.astype(np.int64), np.stack(columns, axis=1)
-
-
-def select_keyframes(track: Any, k: int) -> list[int]:
-    """Up to ``k`` frame indices (sorted) spanning the mouth shapes and poses of ``track``.
-
-    Features (:func:`keyframe_features`) are clipped to their 2nd-98th
-    percentiles (landmark glitches do not win) and standardised; the first
-    pick is the track's most frontal confident frame (else the frame nearest
-    the median), then farthest-point sampling adds the frame farthest from
-    all picks so far. Raises :class:`NoFaceError` when no frame has a face.
-    """
-    from latentdub.toolkit.core.errors import NoFaceError
-
-    frames, feats = keyframe_features(track)
-    if len(frames) == 0:
-        raise NoFaceError(f"no face in any of the {track.n_frames} frames to choose keyframes from")
-    lo, hi = np.percentile(feats, [2, 98], axis=0)
-    feats = np.clip(feats, lo, hi)
-    spread = feats.std(axis=0)
-    z = np.where(spread > 1e-9, (feats - feats.mean(axis=0)) / np.maximum(spread, 1e-9), 0.0)
-    best = int(getattr(track, "best_frame", -1))
-    hits = np.flatnonzero(frames == best)
-    first = int(hits[0]) if len(hits) else int(np.argmin(np.linalg.norm(z - np.median(z, axis=0), axis=1)))
-    picks = [first]
-    dist = np.linalg.norm(z - z[first], axis=1)
-    while len(picks) < min(k, len(frames)):
-        nxt = int(np.argmax(dist))
-        if dist[nxt] <= 0 and len(picks) >= 1:
-            break  # the remaining frames repeat picked ones
-        picks.append(nxt)
-        dist = np.minimum(dist, np.linalg.norm(z - z[nxt], axis=1))
-    return sorted(int(frames[i]) for i in picks)
 
 
 # --------------------------------------------------------------------------- tuning

@@ -112,7 +112,7 @@ def build_stylegan2(config: StyleGAN2Config, context) -> "StyleGAN2Generator":
     """Load (or randomly initialise) the generator on ``context.device``."""
     import torch
 
-    from latentdub.nets.checkpoints import load_generator
+    from latentdub.nets.generator_files import load_generator
     from latentdub.nets.stylegan2 import Generator
     from latentdub.toolkit.core.errors import ConfigError
 

@@ -9,8 +9,8 @@ SHA-256), redoes clips that were interrupted or whose output changed, and
 tries failed clips again. One failing clip never stops the others.
 
 Clips naming the same ``identity`` share one identity profile, tuned once
-(Stage 2, PTI) when the preset has a ``finetuner`` stage and a neural
-renderer, and cached beside the journal.
+(Stage 2, PTI) when the preset has a ``finetuner`` stage, and cached
+beside the journal.
 
 Only the driver process writes the journal and the summary; tasks return
 :class:`TaskResult` values.
@@ -161,8 +161,8 @@ def _profile_fingerprint(resolved) -> str:
 
 
 def _wants_profile(resolved) -> bool:
-    renderer = resolved.stages.get("renderer")
-    return "finetuner" in resolved.stages and renderer is not None and renderer.plugin == "neural"
+    """Tune identity profiles when the preset names a finetuner stage (whatever its renderer)."""
+    return "finetuner" in resolved.stages
 
 
 def run_batch(
@@ -267,7 +267,7 @@ class _BatchRun:
         untuned = sorted({f"{job.clip.identity} ({self.resolved[(job.preset, job.overrides)].name})" for job in self.todo
                           if job.clip.identity and job.clip.profile is None and not _wants_profile(self.resolved[(job.preset, job.overrides)])})
         if untuned:
-            self.notes.append(f"no identity tuning for {', '.join(untuned)}: the preset has no finetuner stage with a neural renderer, so identities only group clips")
+            self.notes.append(f"no identity tuning for {', '.join(untuned)}: the preset has no finetuner stage, so identities only group clips")
             self.log(f"note: {self.notes[-1]}")
         for job in list(self.todo):
             self._plan_profile(job)

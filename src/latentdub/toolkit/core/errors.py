@@ -42,6 +42,17 @@ class PluginError(LatentdubError):
     exit_code = 5
 
 
+class CannotServeError(LatentdubError):
+    """A component cannot serve this input (for example a per-clip fit too weak to trust) (exit 7).
+
+    Raised during ``study``, ``prepare`` or ``predict``; the run then goes on
+    with the preset's ``fallback`` preset and says why. Exit 7 only when the
+    preset names no fallback.
+    """
+
+    exit_code = 7
+
+
 class OutputError(BadInputError):
     """The output path cannot be written (exit 2)."""
 
@@ -54,4 +65,5 @@ EXIT_CODES = {
     4: "no face: no usable face in the input where one is required",
     5: "plugin error: a plugin is missing, failed to load or failed to build",
     6: "batch finished with failed clips (see the summary)",
+    7: "cannot serve: the preset cannot handle this input and names no fallback preset (the message says why)",
 }

@@ -22,6 +22,11 @@ def register_detectors(register):
 
 
 @hookspec
+def register_face_embedders(register):
+    """Register face embedders for ``track.select: reference``: ``embed(image, face) -> float32 [D]`` identity vectors."""
+
+
+@hookspec
 def register_encoders(register):
     """Register image encoders (inversion): aligned crops ``[B, 3, S, S]`` in [-1, 1] to W+ ``[B, L, 512]``."""
 

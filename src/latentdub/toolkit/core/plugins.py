@@ -27,6 +27,7 @@ from .errors import PluginError
 #: Component kinds and the hook that registers each.
 KINDS = {
     "detector": "register_detectors",
+    "face_embedder": "register_face_embedders",
     "encoder": "register_encoders",
     "generator": "register_generators",
     "motion": "register_motion_models",
@@ -49,6 +50,7 @@ DEFAULT_PLUGINS = (
     "latentdub.plugins.warp_renderer",
     "latentdub.plugins.audio2latent",
     "latentdub.plugins.viseme_motion",
+    "latentdub.plugins.clipfit",
     "latentdub.plugins.mfcc",
     "latentdub.plugins.pti",
     "latentdub.plugins.metrics",

@@ -1,7 +1,7 @@
 """Presets: YAML data naming the plugin of each stage and its settings.
 
 A preset is a mapping with a few top-level scalars (``description``,
-``device``, ``seed``), core sections (``output``, ``timing``, ``track``)
+``device``, ``seed``, ``fallback``), core sections (``output``, ``timing``, ``track``)
 and stages (``detector``, ``encoder``, ...) that each name a ``plugin`` and
 that plugin's settings. Validation parses every section into its typed
 config, so an unknown key or a wrong type fails with the key named.
@@ -89,7 +89,8 @@ class TrackConfig:
     """Target face selection and landmark smoothing.
 
     ``select``: ``largest``, ``central`` or ``reference`` (closest to the
-    face in ``reference_image``); ``smoothing``: half-width in frames of the
+    face in ``reference_image``, compared by the face embedder plugin
+    ``reference_embedder``); ``smoothing``: half-width in frames of the
     temporal landmark filter (0 disables); ``min_score``/``min_size`` (px)
     reject weak detections; ``max_gap``: frames a lost face is bridged by
     interpolation; ``crop_size``: side of the aligned face crop in pixels.
@@ -97,6 +98,7 @@ class TrackConfig:
 
     select: Literal["largest", "central", "reference"] = "largest"
     reference_image: Optional[Path] = None
+    reference_embedder: str = "dlib"
     smoothing: int = 2
     min_score: float = 0.6
     min_size: float = 24.0
@@ -106,7 +108,9 @@ class TrackConfig:
 
 
 CORE_SECTIONS = {"output": OutputConfig, "timing": TimingConfig, "speech": SpeechConfig, "track": TrackConfig}
-TOP_LEVEL = {"description": str, "device": str, "seed": int, "name": str}
+TOP_LEVEL = {"description": str, "device": str, "seed": int, "name": str, "fallback": (str, type(None))}
+#: The offline preset: what ``auto`` picks without neural weights, and every preset's default ``fallback``.
+OFFLINE_PRESET = "preview"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +124,12 @@ class Stage:
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """A validated preset: core sections, stages, and the data it came from."""
+    """A validated preset: core sections, stages, and the data it came from.
+
+    ``fallback``: the preset a run continues with when a component raises
+    :class:`~latentdub.toolkit.core.errors.CannotServeError` (default
+    :data:`OFFLINE_PRESET`; None: fail with exit 7 instead).
+    """
 
     name: str
     description: str
@@ -131,6 +140,7 @@ class Preset:
     speech: SpeechConfig
     track: TrackConfig
     stages: dict[str, Stage]
+    fallback: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved preset (every default filled in), ready for YAML."""
@@ -139,6 +149,7 @@ class Preset:
             "description": self.description,
             "device": self.device,
             "seed": self.seed,
+            "fallback": self.fallback,
         }
         for section in CORE_SECTIONS:
             data[section] = config_to_dict(getattr(self, section))
@@ -157,6 +168,11 @@ class Preset:
         tmp.write_text(self.to_yaml())
         tmp.replace(path)
         return path
+
+
+def preset_path_for(output: Path) -> Path:
+    """Where the resolved preset of a run writing ``output`` is saved (``STEM.latentdub.yaml`` beside it)."""
+    return output.with_name(output.stem + ".latentdub.yaml")
 
 
 def preset_names() -> list[str]:
@@ -236,7 +252,7 @@ def resolve_preset(name_or_path: str | Path = "preview", overrides: Optional[lis
         raise ConfigError(f"{unknown[0]}: unknown preset section (known: {allowed})")
     for key, tp in TOP_LEVEL.items():
         if key in data and not isinstance(data[key], tp):
-            raise ConfigError(f"{key}: expected {tp.__name__}, got {data[key]!r}")
+            raise ConfigError(f"{key}: expected {getattr(tp, '__name__', 'str or null')}, got {data[key]!r}")
     sections = {name: parse_config(cls, data.get(name), name) for name, cls in CORE_SECTIONS.items()}
     stages = {}
     for stage, kind in STAGES.items():
@@ -248,18 +264,40 @@ def resolve_preset(name_or_path: str | Path = "preview", overrides: Optional[lis
             raise ConfigError(f"{stage}.plugin: each stage must name its plugin, e.g. {stage}: {{plugin: NAME}}")
         component = get_component(kind, plugin)
         stages[stage] = Stage(stage, component.name, parse_config(component.config, values, stage))
+    name = str(data.get("name", name_or_path))
     return Preset(
-        name=str(data.get("name", name_or_path)),
+        name=name,
         description=str(data.get("description", "")),
         device=str(data.get("device", "auto")),
         seed=int(data.get("seed", 0)),
         stages=stages,
+        fallback=data.get("fallback", OFFLINE_PRESET if name != OFFLINE_PRESET else None),
         **sections,
     )
 
 
-#: Neural presets tried, in order, by the ``auto`` preset.
-NEURAL_PRESETS = ("paper-1024",)
+#: Motion settings carried from a run into its fallback when both motion configs have them: they describe the speech, not the method.
+CARRIED_MOTION_SETTINGS = ("transcript", "transcript_file")
+
+
+def fallback_preset(preset: Preset) -> Preset:
+    """``preset.fallback`` resolved, with the run's ``output``, ``timing`` and ``speech`` sections and its transcript.
+
+    The result names no fallback of its own (a run falls back once).
+    """
+    if not preset.fallback:
+        raise ConfigError(f"preset {preset.name!r} names no fallback; set `fallback: NAME` in it")
+    chosen = resolve_preset(preset.fallback)
+    stages = dict(chosen.stages)
+    if "motion" in preset.stages and "motion" in stages:
+        ours, theirs = preset.stages["motion"].config, stages["motion"].config
+        carried = {k: getattr(ours, k) for k in CARRIED_MOTION_SETTINGS if hasattr(ours, k) and hasattr(theirs, k) and getattr(ours, k) is not None}
+        stages["motion"] = dataclasses.replace(stages["motion"], config=dataclasses.replace(theirs, **carried))
+    return dataclasses.replace(chosen, stages=stages, fallback=None, output=preset.output, timing=preset.timing, speech=preset.speech)
+
+
+#: Neural presets tried, in order, by the ``auto`` preset: the paper's stack (needs a Stage-1 model), then the public weights alone.
+NEURAL_PRESETS = ("paper-1024", "neural-1024")
 
 
 def missing_weights(preset: Preset) -> list[str]:
@@ -282,11 +320,13 @@ def missing_weights(preset: Preset) -> list[str]:
 
 
 def choose_auto_preset(log=print) -> str:
-    """The first neural preset whose weights are all present, else ``preview`` (saying why)."""
+    """The first of :data:`NEURAL_PRESETS` whose weights are all present, else :data:`OFFLINE_PRESET`; says which and why."""
+    passed = []
     for name in NEURAL_PRESETS:
         missing = missing_weights(resolve_preset(name))
         if not missing:
-            log(f"preset auto: using {name}")
+            log(f"preset auto: using {name}" + (f" ({'; '.join(passed)})" if passed else ""))
             return name
-        log(f"preset auto: neural weights not found ({', '.join(missing)}); using the offline preview backend")
-    return "preview"
+        passed.append(f"{name} needs {', '.join(missing)}")
+    log(f"preset auto: neural weights not found ({'; '.join(passed)}); using the offline {OFFLINE_PRESET} backend")
+    return OFFLINE_PRESET

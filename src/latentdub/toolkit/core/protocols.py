@@ -26,6 +26,14 @@ class Detector(Protocol):
 
 
 @runtime_checkable
+class FaceEmbedder(Protocol):
+    """Identity vectors of faces, for following one person (``track.select: reference``)."""
+
+    def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
+        """float32 ``[D]`` for ``face`` in uint8 RGB ``image`` ``[H, W, 3]``; same person = small Euclidean distance."""
+
+
+@runtime_checkable
 class Encoder(Protocol):
     """Image encoder E_I (inversion to W+)."""
 

@@ -30,8 +30,8 @@ import numpy as np
 
 from ..core import protocols
 from ..core.build import Components
-from ..core.errors import NoFaceError, PluginError
-from ..core.presets import Preset, resolve_preset
+from ..core.errors import CannotServeError, NoFaceError, PluginError
+from ..core.presets import Preset, fallback_preset, preset_path_for, resolve_preset
 from ..core.types import Audio, Frame, Motion, TrackedFace
 from ..media.video import VideoWriter, check_output_path, probe_video, read_frames, read_frames_at, read_image
 from .review import Review
@@ -64,13 +64,13 @@ class RunSummary:
 
     @property
     def frames_by_fallback(self) -> int:
-        """Output frames the renderer drew by its fallback path (counted within ``frames_with_face``)."""
+        """Output frames drawn by a fallback: the renderer's, or the fallback preset's (counted within ``frames_with_face``)."""
         return int(np.count_nonzero(self.frame_kinds == FALLBACK))
 
     def lines(self) -> list[str]:
         """Human-readable summary lines for the CLI."""
         total = sum(self.stage_seconds.values())
-        fallback = f" ({self.frames_by_fallback} by the renderer's fallback)" if self.frames_by_fallback else ""
+        fallback = f" ({self.frames_by_fallback} by a fallback)" if self.frames_by_fallback else ""
         out = [
             f"wrote {self.output} ({self.frames} frames at {self.fps:g} fps, {self.audio_seconds:.2f} s of speech)",
             f"faces: {self.frames_with_face}/{self.frames} output frames dubbed{fallback}, {self.frames_passed_through} passed through untouched",
@@ -100,11 +100,6 @@ def _progress(total: Optional[int], desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=f"{desc:<7}", unit="frame", disable=not enabled, leave=None, dynamic_ncols=True)
-
-
-def preset_path_for(output: Path) -> Path:
-    """Where the resolved preset of a run writing ``output`` is saved."""
-    return output.with_name(output.stem + ".latentdub.yaml")
 
 
 class FrameSource:
@@ -245,12 +240,34 @@ def _load_speech(audio: Path, components: Components, summary: RunSummary) -> Au
         return edit_audio(speech, trim=trim, fade_in=edits.fade_in, fade_out=edits.fade_out, target_dbfs=edits.loudness)
 
 
-def _begin_run(output: str | Path, preset: Preset | str, overrides: Optional[list[str]]) -> tuple[Path, Preset, RunSummary]:
-    """Check the output path, resolve the preset and start the run's summary (before any work)."""
+def _begin_run(output: str | Path) -> tuple[Path, RunSummary]:
+    """Check the output path and start the run's summary (before any work)."""
     output = check_output_path(output)
+    return output, RunSummary(output=output, preset_file=preset_path_for(output))
+
+
+def _with_fallback(run: Callable[[Preset], RunSummary], preset: Preset | str, overrides: Optional[list[str]], log: Callable[[str], None]) -> RunSummary:
+    """``run(preset)``; when a component raises :class:`CannotServeError`, ``run`` again with the preset's fallback.
+
+    The second run's summary says why, counts the first attempt's seconds and
+    marks every frame it dubbed :data:`FALLBACK`.
+    """
     if not isinstance(preset, Preset):
         preset = resolve_preset(preset, overrides)
-    return output, preset, RunSummary(output=output, preset_file=preset_path_for(output))
+    start = time.perf_counter()
+    try:
+        return run(preset)
+    except CannotServeError as exc:
+        if not preset.fallback or preset.fallback == preset.name:
+            raise
+        reason = str(exc)
+    log(f"note: {reason}; continuing with the fallback preset {preset.fallback!r}")
+    attempt = time.perf_counter() - start
+    summary = run(fallback_preset(preset))
+    summary.notes.insert(0, f"preset {preset.name!r} could not serve this input ({reason}); rendered with its fallback preset {preset.fallback!r}")
+    summary.stage_seconds = {f"{preset.name} attempt": attempt, **summary.stage_seconds}
+    summary.frame_kinds[summary.frame_kinds == DUBBED] = FALLBACK
+    return summary
 
 
 def _synthesise(
@@ -337,14 +354,20 @@ def dub(
     """Re-lip-sync ``video`` to the speech in ``audio`` and write ``output`` (mp4).
 
     Raises :class:`BadInputError` (unusable files or settings),
-    :class:`NoFaceError` (no usable face in any frame), :class:`MissingWeightsError`
-    or :class:`PluginError`; nothing is left at ``output`` on failure.
+    :class:`NoFaceError` (no usable face in any frame), :class:`MissingWeightsError`,
+    :class:`PluginError`, or :class:`CannotServeError` when a component cannot
+    serve the clip and the preset names no ``fallback`` (otherwise the run goes
+    on with the fallback preset); nothing is left at ``output`` on failure.
     """
+    return _with_fallback(lambda p: _dub(Path(video), Path(audio), output, p, profile, progress, log), preset, overrides, log)
+
+
+def _dub(video: Path, audio: Path, output: str | Path, preset: Preset, profile: Optional[Path], progress: bool, log: Callable[[str], None]) -> RunSummary:
+    """:func:`dub` with one resolved preset."""
     from ..faces.track import analyse_video
     from .timing import is_monotonic, plan_timeline, timeline_audio
 
-    video, audio = Path(video), Path(audio)
-    output, preset, summary = _begin_run(output, preset, overrides)
+    output, summary = _begin_run(output)
     info = probe_video(video)
     components = Components(preset, profile=profile, log=log)
     speech = _load_speech(audio, components, summary)
@@ -370,7 +393,7 @@ def dub(
         components, lambda: ((f.image, track[f.index]) for f in read_frames(video, fps=fps, info=info) if f.index < track.n_frames),
         summary, progress, track.n_frames,
     )
-    review = Review.for_dub(output, video, info, track, timeline, detector) if preset.output.review else None
+    review = Review.for_dub(output, video, info, track, timeline, components) if preset.output.review else None
     with tempfile.TemporaryDirectory(prefix="latentdub-") as tmp:
         workdir = Path(tmp)
         with _timed(summary, "references"):
@@ -389,7 +412,7 @@ def dub(
         finally:
             source.close()
         if review is not None:
-            summary.extras.append(review.write(summary, preset, detector, lambda total, desc: _progress(total, desc, progress)))
+            summary.extras.append(review.write(summary, components, lambda total, desc: _progress(total, desc, progress)))
     preset.write(summary.preset_file)
     return summary
 
@@ -486,13 +509,18 @@ def animate(
 ) -> RunSummary:
     """Animate a single portrait ``image`` with the speech in ``audio`` (the paper's mode).
 
-    The output runs at ``output.fps`` (25 when unset) for the speech's length.
+    The output runs at ``output.fps`` (25 when unset) for the speech's length;
+    errors and the fallback as for :func:`dub`.
     """
+    return _with_fallback(lambda p: _animate(Path(image), Path(audio), output, p, profile, progress, log), preset, overrides, log)
+
+
+def _animate(image: Path, audio: Path, output: str | Path, preset: Preset, profile: Optional[Path], progress: bool, log: Callable[[str], None]) -> RunSummary:
+    """:func:`animate` with one resolved preset."""
     from ..faces.track import track_still
     from .timing import plan_timeline, timeline_audio
 
-    image, audio = Path(image), Path(audio)
-    output, preset, summary = _begin_run(output, preset, overrides)
+    output, summary = _begin_run(output)
     picture = read_image(image)
     components = Components(preset, profile=profile, log=log)
     speech = _load_speech(audio, components, summary)
@@ -514,13 +542,13 @@ def animate(
     crop = warp_to_crop(picture, tracked.alignment)
     references = (crop[None], tracked.alignment.apply(_landmarks(tracked.face))[None])
     _study_source(components, lambda: iter([(picture, tracked)]), summary, progress, 1)
-    review = Review.for_still(output, image, picture, tracked, n_out, components["detector"]) if preset.output.review else None
+    review = Review.for_still(output, image, picture, tracked, n_out, components) if preset.output.review else None
     with tempfile.TemporaryDirectory(prefix="latentdub-") as tmp:
         _synthesise(
             components=components, summary=summary, output=output, fps=fps, size=(w, h), n_out=n_out, speech=speech,
             frame_for=lambda t: (picture, tracked), references=references, progress=progress, workdir=Path(tmp), review=review,
         )
         if review is not None:
-            summary.extras.append(review.write(summary, preset, components["detector"], lambda total, desc: _progress(total, desc, progress)))
+            summary.extras.append(review.write(summary, components, lambda total, desc: _progress(total, desc, progress)))
     preset.write(summary.preset_file)
     return summary

@@ -44,6 +44,8 @@ from ..media.video import VideoWriter, read_frames
 
 #: Largest lag (frames, either way) searched when relating the output's mouth to the target.
 MAX_LAG = 5
+#: Detector that measures mouths when the run's own detector has no 68-point landmarks.
+MEASURE_DETECTOR = "dlib"
 #: Sample rate of the source's sound in the source copy, Hz.
 SOURCE_AUDIO_RATE = 24000
 #: Colour and name of each frame kind in the strip: passed through, dubbed, dubbed by the renderer's fallback.
@@ -151,15 +153,14 @@ def measure_openings(frames, detector, track_config, n_frames_hint: Optional[int
     return mouth_openings(track.landmarks68)
 
 
-def dense_detector(detector, context=None):
-    """``detector`` when it gives 68-point landmarks, else the built-in dlib detector (for measuring mouths)."""
+def mouth_detector(components):
+    """The run's detector when it gives 68-point landmarks, else :data:`MEASURE_DETECTOR` (for measuring mouths)."""
+    detector = components["detector"]
     if getattr(detector, "dense_landmarks", False):
         return detector
-    from ..core.config import parse_config
-    from ..core.plugins import get_component
+    from ..core.build import build_with_defaults
 
-    component = get_component("detector", "dlib")
-    return component.factory(parse_config(component.config, {}, "detector"), context)
+    return build_with_defaults("detector", MEASURE_DETECTOR, components.context)
 
 
 @dataclasses.dataclass
@@ -182,12 +183,12 @@ class Review:
     notes: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
-    def for_dub(cls, output: Path, video: Path, info, track, timeline, detector) -> "Review":
+    def for_dub(cls, output: Path, video: Path, info, track, timeline, components) -> "Review":
         """The review of dubbing ``video`` (probed ``info``, analysed ``track``) onto ``timeline``."""
         from ..media.audio import fit_duration, load_audio
 
         openings = mouth_openings(track.landmarks68) if track.landmarks68 is not None else measure_openings(
-            read_frames(video, fps=timeline.fps, info=info), dense_detector(detector), _measure_config(track.crop_size), info.n_frames
+            read_frames(video, fps=timeline.fps, info=info), mouth_detector(components), _measure_config(track.crop_size), info.n_frames
         )
         index = np.minimum(timeline.source_index, len(openings) - 1)
         keeps_timing = bool(np.array_equal(timeline.source_index, np.arange(timeline.n_frames)))
@@ -200,7 +201,7 @@ class Review:
         return cls(output, openings[index], audio, f"source: {video.name}", notes=notes)
 
     @classmethod
-    def for_still(cls, output: Path, image: Path, picture: np.ndarray, tracked: TrackedFace, n_out: int, detector) -> "Review":
+    def for_still(cls, output: Path, image: Path, picture: np.ndarray, tracked: TrackedFace, n_out: int, components) -> "Review":
         """The review of animating the portrait ``picture`` (its tracked face ``tracked``) for ``n_out`` frames."""
         face = tracked.face
         if face is not None and face.landmarks68 is not None:
@@ -208,7 +209,7 @@ class Review:
         else:
             from ..faces.track import track_still
 
-            still = track_still(picture, dense_detector(detector), _measure_config(picture.shape[0]))
+            still = track_still(picture, mouth_detector(components), _measure_config(picture.shape[0]))
             opening = float(mouth_openings(still.face.landmarks68[None])[0]) if still.face is not None else np.nan
         return cls(output, np.full(n_out, opening), None, f"portrait: {image.name}")
 
@@ -223,7 +224,7 @@ class Review:
         self.source_copy = workdir / "review-source.mp4"
         return VideoWriter(self.source_copy, fps, size, max(output_config.crf, 20), output_config.x264_preset, audio=sound)
 
-    def write(self, summary, preset, detector, progress: Callable[[Optional[int], str], Any]) -> Path:
+    def write(self, summary, components, progress: Callable[[Optional[int], str], Any]) -> Path:
         """Measure the written output, draw the plot, write the assets folder and the page; returns the page's path.
 
         The time this takes is added to ``summary.stage_seconds["review"]``;
@@ -231,10 +232,11 @@ class Review:
         """
         assert self.speech is not None, "Review.start was not called"
         started = time.perf_counter()
+        preset = components.preset
         page, assets = review_paths(self.output)
         n = len(summary.frame_kinds)
         with progress(n, "review") as bar:
-            measured = measure_openings(read_frames(self.output), dense_detector(detector), preset.track, n,
+            measured = measure_openings(read_frames(self.output), mouth_detector(components), preset.track, n,
                                         progress=lambda done, total: bar.update(done - bar.n))
         output = np.full(n, np.nan)
         output[: min(n, len(measured))] = measured[:n]

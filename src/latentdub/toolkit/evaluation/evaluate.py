@@ -35,13 +35,15 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequenc
 import numpy as np
 
 from ..core.config import config_to_dict, parse_config
-from ..core.build import BuildContext
+from ..core.build import BuildContext, build_with_defaults
 from ..core.errors import BadInputError, LatentdubError, MissingWeightsError, PluginError
 from ..core.files import check_writable_file, write_text_atomic
 from ..core.types import Face, Frame
 
 #: Metric names run by default, in table order.
 DEFAULT_METRICS = ("psnr", "ssim", "fid", "lmd", "lse", "cpbd")
+#: Face detector plugin (registered name) for face-based metrics.
+DEFAULT_DETECTOR = "dlib"
 #: Suffixes of the video files matched between two folders.
 VIDEO_SUFFIXES = (".mp4", ".mpg", ".mpeg", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 #: Label of the summary row.
@@ -247,7 +249,7 @@ def evaluate(
     metrics: Sequence[str] = DEFAULT_METRICS,
     device: str = "auto",
     max_frames: Optional[int] = None,
-    detector: str = "dlib",
+    detector: str = DEFAULT_DETECTOR,
     settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
     weights: Optional[Callable[[str], Path]] = None,
     log: Callable[[str], None] = lambda message: None,
@@ -280,8 +282,7 @@ def evaluate(
 
     def detect(image: np.ndarray) -> list[Face]:
         if not built_detector:
-            component = get_component("detector", detector)
-            built_detector.append(component.factory(parse_config(component.config, {}, "detector"), context))
+            built_detector.append(build_with_defaults("detector", detector, context))
         return built_detector[0].detect(image)
 
     def build(stage: str) -> Any:

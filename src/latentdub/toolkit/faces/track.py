@@ -17,7 +17,7 @@ import numpy as np
 from ..core.errors import BadInputError, NoFaceError
 from ..core.presets import TrackConfig
 from ..core.types import Alignment, Face, Frame, TrackedFace
-from .align import ffhq_alignment, warp_to_crop
+from .align import ffhq_alignment
 
 #: Per-frame status codes stored in :attr:`FaceTrack.status`.
 NO_FACE, DETECTED, REFIT, BRIDGED = 0, 1, 2, 3
@@ -49,37 +49,24 @@ class FaceReference(Protocol):
         """Identity distance of ``face`` (in ``image``) to the reference person."""
 
 
-class DlibReference:
-    """Identity of the face in a reference image, compared with dlib's 128-d face embedding.
+class EmbeddingReference:
+    """The person in a reference photo, compared through a :class:`~latentdub.toolkit.core.protocols.FaceEmbedder`."""
 
-    Faces are aligned with :func:`ffhq_alignment` (zoomed to dlib's chip
-    framing) at 150 px; distances below ~0.6 usually mean the same person.
-    """
-
-    def __init__(self, embedding: np.ndarray, model) -> None:
+    def __init__(self, embedder, embedding: np.ndarray) -> None:
+        self.embedder = embedder
         self.embedding = embedding
-        self._model = model
 
     @classmethod
-    def from_image(cls, image: np.ndarray, detector, source: str = "reference image") -> "DlibReference":
+    def from_image(cls, image: np.ndarray, detector, embedder, source: str = "reference image") -> "EmbeddingReference":
         """Embed the best face that ``detector`` finds in ``image`` (NoFaceError when none)."""
-        from latentdub.plugins.dlib_detector import load_face_embedder
-
         faces = detector.detect(image)
         if not faces:
             raise NoFaceError(f"{source}: no face found; give track.reference_image a photo with one clear face")
-        model = load_face_embedder()
-        return cls(_embed(model, image, faces[0]), model)
+        return cls(embedder, np.asarray(embedder.embed(image, faces[0]), np.float32))
 
     def distance(self, image: np.ndarray, face: Face) -> float:
         """Euclidean distance between the embeddings of ``face`` and the reference."""
-        return float(np.linalg.norm(_embed(self._model, image, face) - self.embedding))
-
-
-def _embed(model, image: np.ndarray, face: Face) -> np.ndarray:
-    """float32 ``[128]`` dlib embedding of ``face`` from a 150 px chip framed like dlib's (padding 0.25)."""
-    chip = warp_to_crop(image, ffhq_alignment(face.landmarks5, 150, scale=0.75))
-    return np.asarray(model.compute_face_descriptor(chip), np.float32)
+        return float(np.linalg.norm(np.asarray(self.embedder.embed(image, face), np.float32) - self.embedding))
 
 
 def usable_faces(faces: Iterable[Face], min_score: float, min_size: float) -> list[Face]:
@@ -301,15 +288,17 @@ def _frontal_score(face: Face) -> float:
 
 
 def load_reference(config: TrackConfig, detector) -> Optional[FaceReference]:
-    """The :class:`DlibReference` for ``select: reference`` (None for other modes)."""
+    """The :class:`EmbeddingReference` for ``select: reference`` (None for other modes)."""
     if config.select != "reference":
         return None
     path = config.reference_image
     if path is None:
         raise BadInputError("track.select=reference needs track.reference_image: --set track.reference_image=PHOTO")
+    from ..core.plugins import get_component
     from ..media.video import read_image
 
-    return DlibReference.from_image(read_image(path), detector, source=str(path))
+    component = get_component("face_embedder", config.reference_embedder)
+    return EmbeddingReference.from_image(read_image(path), detector, component.factory(component.config(), None), source=str(path))
 
 
 def analyse_video(
@@ -398,3 +387,66 @@ def track_still(image: np.ndarray, detector, config: TrackConfig) -> TrackedFace
         return TrackedFace(frame_index=0, face=None, alignment=None)
     face = faces[pick]
     return TrackedFace(frame_index=0, face=face, alignment=ffhq_alignment(face.landmarks5, config.crop_size))
+
+
+# --------------------------------------------------------------------------- keyframes
+
+
+def keyframe_features(track: FaceTrack) -> tuple[np.ndarray, np.ndarray]:
+    """Frames with a face and their shape/pose features.
+
+    Returns ``(frames int64 [M], features float64 [M, F])`` with columns mouth
+    opening and mouth width (over the inter-ocular distance; opening only
+    with 68 points), yaw proxy (nose offset along the eye axis over the
+    inter-ocular distance) and pitch proxy (nose offset across it over the
+    inter-ocular distance; :func:`~latentdub.toolkit.faces.measures.head_pose`).
+    Detected frames are preferred over bridged ones.
+    """
+    from .measures import head_pose
+
+    status = np.asarray(track.status)
+    lm5 = np.asarray(track.landmarks5, np.float64)
+    ok = (status != NO_FACE) & np.isfinite(lm5).all(axis=(1, 2))
+    if track.landmarks68 is not None:
+        ok &= np.isfinite(np.asarray(track.landmarks68)).all(axis=(1, 2))
+    measured = ok & (status != BRIDGED)
+    frames = np.flatnonzero(measured if measured.any() else ok)
+    pts = lm5[frames]
+    yaw, pitch, _ = head_pose(pts).T
+    width = np.linalg.norm(pts[:, 4] - pts[:, 3], axis=1) / np.maximum(np.linalg.norm(pts[:, 1] - pts[:, 0], axis=1), 1e-6)
+    columns = [width, yaw, pitch]
+    if track.landmarks68 is not None:
+        from .masks import mouth_opening
+
+        columns.insert(0, np.array([mouth_opening(track.landmarks68[i]) for i in frames]))
+    return frames.astype(np.int64), np.stack(columns, axis=1)
+
+
+def select_keyframes(track: FaceTrack, k: int) -> list[int]:
+    """Up to ``k`` frame indices (sorted) spanning the mouth shapes and poses of ``track``.
+
+    Features (:func:`keyframe_features`) are clipped to their 2nd-98th
+    percentiles (landmark glitches do not win) and standardised; the first
+    pick is the track's most frontal confident frame (else the frame nearest
+    the median), then farthest-point sampling adds the frame farthest from
+    all picks so far. Raises :class:`NoFaceError` when no frame has a face.
+    """
+    frames, feats = keyframe_features(track)
+    if len(frames) == 0:
+        raise NoFaceError(f"no face in any of the {track.n_frames} frames to choose keyframes from")
+    lo, hi = np.percentile(feats, [2, 98], axis=0)
+    feats = np.clip(feats, lo, hi)
+    spread = feats.std(axis=0)
+    z = np.where(spread > 1e-9, (feats - feats.mean(axis=0)) / np.maximum(spread, 1e-9), 0.0)
+    best = int(getattr(track, "best_frame", -1))
+    hits = np.flatnonzero(frames == best)
+    first = int(hits[0]) if len(hits) else int(np.argmin(np.linalg.norm(z - np.median(z, axis=0), axis=1)))
+    picks = [first]
+    dist = np.linalg.norm(z - z[first], axis=1)
+    while len(picks) < min(k, len(frames)):
+        nxt = int(np.argmax(dist))
+        if dist[nxt] <= 0 and len(picks) >= 1:
+            break  # the remaining frames repeat picked ones
+        picks.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(z - z[nxt], axis=1))
+    return sorted(int(frames[i]) for i in picks)

@@ -9,7 +9,9 @@ the clip's speech for exactly the decoded frames, and writes one shard:
 
 ``shards/<clip_id>.safetensors``: ``latents`` float16 ``[T, L, D]``,
 ``features`` float16 ``[T, window, coeffs]``, ``valid`` uint8 ``[T]`` (1 where
-the frame had a face; latents are zero elsewhere).
+the frame had a face; latents are zero elsewhere), ``landmarks`` float32
+``[T, P, 2]`` (the face's landmarks in the encoder crop's pixels, zero where
+there is none; read by ``latentdub directions fit``).
 
 ``manifest.json`` records, per clip, its speaker, frame count, fps, the
 source's size, mtime and SHA-256, the shard's size and a status. Runs resume:
@@ -212,26 +214,31 @@ def shard_path(dataset_dir: Path, clip_id: str) -> Path:
     return Path(dataset_dir) / "shards" / f"{clip_id}.safetensors"
 
 
-def read_shard(path: Path, start: int = 0, stop: Optional[int] = None) -> dict[str, np.ndarray]:
-    """Frames ``start:stop`` of a shard: ``latents`` ``[t, L, D]``, ``features`` ``[t, W, C]`` (float16), ``valid`` ``[t]`` (uint8).
+def read_shard(path: Path, start: int = 0, stop: Optional[int] = None, names: tuple[str, ...] = ("latents", "features", "valid")) -> dict[str, np.ndarray]:
+    """Frames ``start:stop`` of a shard: ``latents`` ``[t, L, D]``, ``features`` ``[t, W, C]`` (float16), ``valid`` ``[t]`` (uint8)
+    and, when asked for in ``names``, ``landmarks`` ``[t, P, 2]`` (float32).
 
-    Only the requested rows are read (memory-mapped slices).
+    Only the requested rows are read (memory-mapped slices). Raises
+    :class:`BadInputError` when the shard lacks one of ``names``.
     """
     from safetensors import safe_open
 
     with safe_open(str(path), framework="np") as f:
-        return {name: f.get_slice(name)[start:stop] for name in ("latents", "features", "valid")}
+        absent = sorted(set(names) - set(f.keys()))
+        if absent:
+            raise BadInputError(f"{path}: shard has no {', '.join(absent)} (prepared by an older latentdub); prepare the dataset again into a new folder")
+        return {name: f.get_slice(name)[start:stop] for name in names}
 
 
-def write_shard(path: Path, latents: np.ndarray, features: np.ndarray, valid: np.ndarray, meta: Mapping[str, str]) -> int:
+def write_shard(path: Path, latents: np.ndarray, features: np.ndarray, valid: np.ndarray, meta: Mapping[str, str], landmarks: Optional[np.ndarray] = None) -> int:
     """Write a shard atomically (``.part`` then rename; arrays as :func:`read_shard` returns them); returns its size in bytes."""
     from safetensors.numpy import save_file
 
+    arrays = {"latents": latents.astype(np.float16), "features": features.astype(np.float16), "valid": valid.astype(np.uint8)}
+    if landmarks is not None:
+        arrays["landmarks"] = np.ascontiguousarray(landmarks, np.float32)
     tmp = path.with_name(path.name + ".part")
-    save_file(
-        {"latents": latents.astype(np.float16), "features": features.astype(np.float16), "valid": valid.astype(np.uint8)},
-        str(tmp), metadata=dict(meta),
-    )
+    save_file(arrays, str(tmp), metadata=dict(meta))
     tmp.replace(path)
     return path.stat().st_size
 
@@ -340,53 +347,88 @@ def _encode(encoder: Any, crops: list[np.ndarray], device: Any) -> np.ndarray:
         return encoder.encode(x).float().cpu().numpy()
 
 
-def prepare_clip(clip: ClipSource, components: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Latents float16 ``[T, L, D]``, features float32 ``[T, W, C]``, valid uint8 ``[T]`` and fps of one clip.
+@dataclasses.dataclass(frozen=True)
+class InvertedClip:
+    """The face of one clip inverted to W+: ``latents`` float16 ``[M, L, D]`` and crop ``landmarks`` float32
+    ``[M, P, 2]`` (encoder crop px) of the source frames ``frames`` int64 ``[M]``, out of ``n_frames`` at ``fps``."""
 
-    Raises :class:`NoFaceError` when no frame has a face and
-    :class:`BadInputError` when the clip or its speech cannot be decoded.
+    frames: np.ndarray
+    latents: np.ndarray
+    landmarks: np.ndarray
+    n_frames: int
+    fps: float
+
+
+def invert_clip(video: Path, components: Any, batch_size: int, max_frames: Optional[int] = None) -> InvertedClip:
+    """Track and align the face of ``video`` and invert its frames with the encoder stage, ``batch_size`` crops at a time.
+
+    Every frame with a face, or at most ``max_frames`` of them evenly spread
+    (memory then stays flat in clip length). Raises :class:`NoFaceError` when
+    no frame has a face and :class:`BadInputError` when it cannot be decoded.
     """
-    from ..media.audio import load_audio
-    from ..faces.track import NO_FACE, analyse_video
     from ..faces.align import ffhq_alignment, warp_to_crop
+    from ..faces.track import NO_FACE, analyse_video
     from ..media.video import probe_video, read_frames
 
     preset = components.preset
-    info = probe_video(clip.video)
-    track = analyse_video(read_frames(clip.video, info=info), components["detector"], preset.track, n_frames_hint=info.n_frames)
-    track.require_face(clip.video)
-    encoder, features = components["encoder"], components["audio_features"]
+    info = probe_video(video)
+    track = analyse_video(read_frames(video, info=info), components["detector"], preset.track, n_frames_hint=info.n_frames)
+    track.require_face(video)
+    encoder = components["encoder"]
     n, size = track.n_frames, int(encoder.size)
-    valid = (track.status != NO_FACE).astype(np.uint8)
-    latents: Optional[np.ndarray] = None
-    pending: list[tuple[int, np.ndarray]] = []
+    chosen = np.flatnonzero(track.status != NO_FACE)
+    if max_frames is not None and len(chosen) > max_frames:
+        chosen = chosen[np.unique(np.linspace(0, len(chosen) - 1, num=max_frames).round().astype(int))]
+    wanted = set(chosen.tolist())
+    dense = track.landmarks68 if track.landmarks68 is not None else track.landmarks5
+    latents: list[np.ndarray] = []
+    landmarks: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
 
     def flush() -> None:
-        nonlocal latents
-        w = _encode(encoder, [c for _, c in pending], components.device)
-        if latents is None:
-            latents = np.zeros((n, *w.shape[1:]), np.float16)
-        latents[[i for i, _ in pending]] = w
+        latents.append(_encode(encoder, pending, components.device).astype(np.float16))
         pending.clear()
 
-    reader = read_frames(clip.video, info=info)
+    reader = read_frames(video, info=info)
     try:
         for frame in reader:
             i = frame.index
             if i >= n:
                 break
-            if valid[i]:
-                pending.append((i, warp_to_crop(frame.image, ffhq_alignment(track.landmarks5[i], size))))
+            if i in wanted:
+                alignment = ffhq_alignment(track.landmarks5[i], size)
+                pending.append(warp_to_crop(frame.image, alignment))
+                landmarks.append(alignment.apply(dense[i]))
                 if len(pending) >= batch_size:
                     flush()
     finally:
         reader.close()
     if pending:
         flush()
-    assert latents is not None
+    return InvertedClip(chosen.astype(np.int64), np.concatenate(latents), np.stack(landmarks).astype(np.float32), n, float(info.fps))
+
+
+def prepare_clip(clip: ClipSource, components: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Latents float16 ``[T, L, D]``, features float32 ``[T, W, C]``, valid uint8 ``[T]``, crop landmarks float32
+    ``[T, P, 2]`` and fps of one clip (latents and landmarks are zero where ``valid`` is 0).
+
+    Raises :class:`NoFaceError` when no frame has a face and
+    :class:`BadInputError` when the clip or its speech cannot be decoded.
+    """
+    from ..media.audio import load_audio
+
+    inverted = invert_clip(clip.video, components, batch_size)
+    n = inverted.n_frames
+    valid = np.zeros(n, np.uint8)
+    valid[inverted.frames] = 1
+    latents = np.zeros((n, *inverted.latents.shape[1:]), np.float16)
+    latents[inverted.frames] = inverted.latents
+    landmarks = np.zeros((n, *inverted.landmarks.shape[1:]), np.float32)
+    landmarks[inverted.frames] = inverted.landmarks
+    features = components["audio_features"]
     speech = load_audio(clip.audio or clip.video, int(getattr(features, "sample_rate", 16000)))
-    feats = np.asarray(features.compute(speech, info.fps, n), np.float32)
-    return latents, feats, valid, float(info.fps)
+    feats = np.asarray(features.compute(speech, inverted.fps, n), np.float32)
+    return latents, feats, valid, landmarks, inverted.fps
 
 
 def prepare_dataset(
@@ -458,9 +500,10 @@ def prepare_dataset(
         }
         started = time.perf_counter()
         try:
-            latents, feats, valid, fps = prepare_clip(clip, components, batch_size)
+            latents, feats, valid, landmarks, fps = prepare_clip(clip, components, batch_size)
             entry["source_sha256"] = _sources_sha256(clip)
-            size = write_shard(shard_path(out_dir, clip.clip_id), latents, feats, valid, {"clip_id": clip.clip_id, "speaker": clip.speaker})
+            meta = {"clip_id": clip.clip_id, "speaker": clip.speaker}
+            size = write_shard(shard_path(out_dir, clip.clip_id), latents, feats, valid, meta, landmarks=landmarks)
         except (BadInputError, NoFaceError) as exc:
             entry.update(status="failed", error=str(exc))
             summary.failed[clip.clip_id] = str(exc)

@@ -62,7 +62,7 @@ def _quiet_torchvision():
 
 def _load_backbone(model: Any, path: Path) -> None:
     """Copy torchvision ``features.N.*`` tensors into lpips's ``net.sliceK.N.*`` modules."""
-    from latentdub.nets.checkpoints import torch_load
+    from latentdub.nets.safe_load import torch_load
 
     state = torch_load(path)
     if isinstance(state, dict) and "state_dict" in state:

@@ -3,7 +3,7 @@
 An image gives one aligned crop (the preset's detector and target
 selection); a video is analysed like ``dub`` does (detect, track, smooth),
 ``finetuner.keyframes`` frames covering its mouth shapes and poses are
-chosen (:func:`latentdub.plugins.pti.select_keyframes`) and only those
+chosen (:func:`latentdub.toolkit.faces.track.select_keyframes`) and only those
 frames are decoded again. Crops are aligned straight at the generator's
 resolution (FFHQ alignment from the tracked 5 points), then handed to the
 preset's finetuner, which writes the profile.
@@ -22,7 +22,7 @@ import numpy as np
 from ..core.build import Components
 from ..core.errors import BadInputError, ConfigError, NoFaceError
 from ..core.files import check_writable_file
-from ..core.presets import Preset, resolve_preset
+from ..core.presets import Preset, preset_path_for, resolve_preset
 
 
 @dataclasses.dataclass
@@ -48,13 +48,10 @@ class TuneSummary:
 
 
 def _finetuner(components: Components) -> Any:
-    """The preset's finetuner, else ``pti`` with its defaults."""
-    if components.has("finetuner"):
-        return components["finetuner"]
-    from ..core.plugins import get_component
-
-    component = get_component("finetuner", "pti")
-    return component.factory(component.config(), components.context)
+    """The preset's finetuner stage (ConfigError naming the fix when the preset has none)."""
+    if not components.has("finetuner"):
+        raise ConfigError(f"preset {components.preset.name!r} has no finetuner stage; add `finetuner: {{plugin: pti}}` or --set finetuner.plugin=pti")
+    return components["finetuner"]
 
 
 def _image_crops(source: Path, components: Components, size: int) -> tuple[np.ndarray, list[int], int]:
@@ -73,9 +70,7 @@ def _image_crops(source: Path, components: Components, size: int) -> tuple[np.nd
 def _video_crops(source: Path, components: Components, size: int, k: int, progress: bool) -> tuple[np.ndarray, list[int], int]:
     from tqdm import tqdm
 
-    from latentdub.plugins.pti import select_keyframes
-
-    from ..faces.track import analyse_video
+    from ..faces.track import analyse_video, select_keyframes
     from ..faces.align import ffhq_alignment, warp_to_crop
     from ..media.video import probe_video, read_frames, read_frames_at
 
@@ -109,7 +104,6 @@ def tune(
     :class:`BadInputError` for unreadable inputs; nothing is left at ``out``
     on failure.
     """
-    from ..dubbing.pipeline import preset_path_for
     from ..media.video import IMAGE_SUFFIXES
 
     start = time.perf_counter()
