@@ -196,3 +196,32 @@ def test_evaluate_against_a_prepared_dataset_split(grid_clips, tmp_path):
     text = json.dumps(data)
     assert all(c in text for c in list(clips)[:2]) and list(clips)[2] not in text
     assert "100" in result.output  # identical clips: PSNR at its cap
+
+
+def test_evaluate_plot_draws_per_frame_scores_over_time(grid_clips, tmp_path, no_weights):
+    """--plot: per-frame PSNR, SSIM and LMD of each clip over time; the series are the frames the means average."""
+    from PIL import Image
+
+    from latentdub.cli import cli
+
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    for stem, g, r in (("a", "bbaf2n", "brbk7n"), ("b", "lbbc2a", "lbbc2a")):
+        (gen / f"{stem}.mpg").symlink_to(_clip(grid_clips, g))
+        (ref / f"{stem}.mpg").symlink_to(_clip(grid_clips, r))
+    result = evaluate(gen, ref, metrics=["psnr", "ssim", "lmd"], max_frames=SHORT)
+    for clip in result.clips:
+        times, values = clip.series["PSNR"]
+        assert len(times) == len(values) == SHORT and np.allclose(np.diff(times), 1 / 25)
+        assert np.nanmean(values) == pytest.approx(clip.values["PSNR"])
+        assert np.nanmean(clip.series["LMD"][1]) == pytest.approx(clip.values["LMD"])
+    assert np.all(result.clips[1].series["PSNR"][1] == 100.0)  # a clip against itself, frame by frame
+    plot = tmp_path / "scores.png"
+    cli_result = CliRunner().invoke(cli, ["evaluate", str(gen), str(ref), "--metrics", "psnr,ssim,lmd,fid", "--max-frames", str(SHORT), "--plot", str(plot), "-q"])
+    assert cli_result.exit_code == 0, cli_result.output
+    image = np.asarray(Image.open(plot).convert("RGB"))
+    assert image.shape[0] > 600 and image.std() > 10  # three panels (FID is unavailable, PSNR/SSIM/LMD drawn)
+    bad = CliRunner().invoke(cli, ["evaluate", str(gen), str(ref), "--plot", str(tmp_path / "scores.gif")])
+    assert bad.exit_code == 2 and "scores.gif: unknown plot type .gif; use .png, .svg, .pdf" in bad.output
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))

@@ -24,7 +24,7 @@ EXIT_SOME_FAILED = 6
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (same as --set device=...).")
 @click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the summary (FILE.csv and FILE.json; default beside the journal).")
-@click.option("--quiet", "-q", is_flag=True, help="Only the final table.")
+@click.option("--quiet", "-q", is_flag=True, help="Only the final table (no progress bars or log lines).")
 @click.pass_context
 def batch_command(ctx, manifest, workers, executor, ray_address, retries, preset, overrides, device, summary, quiet):
     """Dub every clip listed in MANIFEST (.yaml or .csv; see docs/batch.md).
@@ -40,7 +40,7 @@ def batch_command(ctx, manifest, workers, executor, ray_address, retries, preset
     result = run_batch(
         manifest, workers=workers, executor=executor, ray_address=ray_address, retries=retries, preset=preset,
         overrides=[*overrides, *([f"device={device}"] if device else [])], log=log,
-        progress=not quiet and executor == "inline", summary=summary, verbose=not quiet,
+        progress=not quiet, summary=summary, verbose=not quiet,
     )
     click.echo("\n".join(result.lines()))
     if not result.ok:

@@ -28,6 +28,8 @@ def _parse_sets(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.argument("reference", type=click.Path(exists=False, path_type=Path))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the full report as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write one row per clip (and the mean) as CSV.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Plot per-frame PSNR, SSIM, LMD and CPBD over time (.png, .svg or .pdf).")
 @click.option("--metrics", default="psnr,ssim,fid,lmd,lse,cpbd", show_default=True, help="Comma-separated metric names (see `latentdub plugins --components`).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps (for FID and LSE networks).")
 @click.option("--detector", default="dlib", show_default=True, help="Face detector plugin for LMD, LSE and face-region metrics.")
@@ -36,7 +38,7 @@ def _parse_sets(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
               help="Metric setting, e.g. --set lmd.reduce=sum, --set fid.weights=/path/pt_inception.pth (repeatable).")
 @click.option("--split", default="test", show_default=True, help="Split scored when REFERENCE is a prepared dataset.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not print progress lines.")
-def evaluate_command(generated, reference, json_path, csv_path, metrics, device, detector, max_frames, overrides, split, quiet):
+def evaluate_command(generated, reference, json_path, csv_path, plot_path, metrics, device, detector, max_frames, overrides, split, quiet):
     """Score GENERATED against REFERENCE: two videos, two folders matched by file
     name, or a folder of clips named by clip id against a prepared dataset's split.
 
@@ -45,10 +47,13 @@ def evaluate_command(generated, reference, json_path, csv_path, metrics, device,
     whose weights are missing are shown as unavailable, never dropped.
     """
     from latentdub.toolkit.evaluation.evaluate import check_report_path, evaluate, format_table, write_csv, write_json
+    from latentdub.toolkit.evaluation.plots import check_plot_path, write_plot
 
     for path in (csv_path, json_path):
         if path is not None:
             check_report_path(path)
+    if plot_path is not None:
+        check_plot_path(plot_path)
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     if not names:
         raise BadInputError("--metrics: give at least one metric name, e.g. --metrics psnr,ssim")
@@ -64,3 +69,6 @@ def evaluate_command(generated, reference, json_path, csv_path, metrics, device,
     if json_path is not None:
         write_json(result, json_path)
         log(f"wrote {json_path}")
+    if plot_path is not None:
+        write_plot(result, plot_path)
+        log(f"wrote {plot_path}")

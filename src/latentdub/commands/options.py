@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +36,15 @@ def load_preset(preset: str, overrides: tuple[str, ...], device: str | None, log
     if preset == "auto":
         preset = choose_auto_preset(log)
     return resolve_preset(preset, extra)
+
+
+def transcript_override(transcript: str | None) -> list[str]:
+    """The ``motion.transcript`` override for ``transcript`` (the spoken text, or a text file holding it); none for None."""
+    if not transcript:
+        return []
+    path = Path(transcript)
+    text = path.read_text().strip() if path.is_file() else transcript
+    return [f"motion.transcript={json.dumps(text)}"]  # a JSON string is a YAML string, whatever quotes the text holds
 
 
 def maybe_dry_run(preset: Preset, dry_run: bool) -> bool:

@@ -134,21 +134,32 @@ def _regions(pair, config: RegionConfig) -> Optional[tuple[np.ndarray, np.ndarra
 
 
 class _FrameMean:
-    """Scorer averaging a per-frame value; frames it cannot score are counted in a note."""
+    """Scorer averaging a per-frame value; frames it cannot score are counted in a note.
+
+    It keeps each pair's time and value (NaN when unscored) for :meth:`series`.
+    """
 
     def __init__(self, column: str, score) -> None:
         self.column = column
         self.score = score
         self.values: list[float] = []
+        self.times: list[float] = []
+        self.per_frame: list[float] = []
         self.skipped = 0
         self.notes: dict[str, str] = {}
 
     def add(self, pair) -> None:
         value = self.score(pair)
+        self.times.append(float(pair.time))
+        self.per_frame.append(math.nan if value is None else float(value))
         if value is None:
             self.skipped += 1
         else:
             self.values.append(value)
+
+    def series(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``{column: (times s, values)}`` float64 ``[pairs]`` each, NaN where a pair was not scored."""
+        return {self.column: (np.array(self.times), np.array(self.per_frame))}
 
     def result(self) -> dict[str, float]:
         total = len(self.values) + self.skipped

@@ -26,8 +26,8 @@ class Clip:
     """One manifest entry with its paths resolved (absolute).
 
     ``where`` locates it in the manifest for messages (``clips[2]``, ``row 3``);
-    ``problem`` is set when the clip cannot run (a path escapes the manifest's
-    folders) and says why.
+    ``problem`` is set when the clip cannot run (its output escapes the
+    folders the manifest may write to) and says why.
     """
 
     id: str
@@ -97,22 +97,28 @@ def _optional_str(value: Any, manifest: Path, where: str) -> Optional[str]:
     raise _bad(manifest, where, f"expected a text value, got {value!r}")
 
 
-class _Places:
-    """Resolves manifest paths and checks they stay inside the allowed folders."""
+def _input_path(raw: str, base: Path) -> Path:
+    """Absolute, normalised path of the input ``raw`` (relative to ``base``); inputs are read from anywhere."""
+    candidate = Path(raw).expanduser()
+    return Path(os.path.normpath(candidate if candidate.is_absolute() else base / candidate))
 
-    def __init__(self, folder: Path, roots: Iterable[Path]) -> None:
-        self.roots = [folder.resolve(), *(r.resolve() for r in roots)]
+
+class _OutputFolders:
+    """Checks that outputs stay inside the folders a manifest may write to (each folder named once)."""
+
+    def __init__(self, folders: Iterable[Path]) -> None:
+        self.roots = list(dict.fromkeys(f.resolve() for f in folders))
 
     def path(self, raw: str, base: Path) -> tuple[Path, Optional[str]]:
-        """Absolute path of ``raw`` (relative to ``base``) and why it is refused, if it is."""
-        candidate = Path(raw)
-        plain = Path(os.path.normpath(candidate if candidate.is_absolute() else base / candidate))
+        """Absolute path of the output ``raw`` (relative to ``base``) and why it is refused, if it is."""
+        plain = _input_path(raw, base)
         real = plain.resolve()
         if any(real.is_relative_to(root) for root in self.roots):
             return plain, None
         via = " through a symlink" if any(plain.is_relative_to(root) for root in self.roots) else ""
         allowed = ", ".join(str(r) for r in self.roots)
-        return plain, f"{raw} resolves{via} to {real}, outside the manifest's folders ({allowed}); move it inside or list its folder under roots:"
+        return plain, (f"{raw} resolves{via} to {real}, outside the folders outputs may be written to ({allowed}); "
+                       "write it inside them or list its folder under roots:")
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -120,8 +126,9 @@ def load_manifest(path: str | Path) -> Manifest:
 
     Structural problems (unknown keys, missing fields, duplicate outputs,
     unreadable file) raise :class:`BadInputError` naming the manifest and the
-    entry; a path escaping the allowed folders only marks that clip's
-    ``problem``.
+    entry. Inputs (video, audio, profile, identity sources) are read from
+    wherever they are; an output escaping the manifest's folder, ``outputs``
+    and ``roots`` (by ``../`` or a symlink) only marks that clip's ``problem``.
     """
     path = Path(path)
     if not path.is_file():
@@ -150,7 +157,7 @@ def load_manifest(path: str | Path) -> Manifest:
     if outputs_raw is not None and not isinstance(outputs_raw, str):
         raise _bad(path, "outputs", "expected a folder path, e.g. outputs: dubbed/")
     outputs = Path(os.path.normpath(folder / outputs_raw)) if outputs_raw else folder
-    places = _Places(folder, [*roots, outputs])
+    output_folders = _OutputFolders([folder, outputs, *roots])
     sources = data.get("identity_sources") or {}
     if not isinstance(sources, dict):
         raise _bad(path, "identity_sources", "expected a mapping of identity: image or video path")
@@ -159,13 +166,10 @@ def load_manifest(path: str | Path) -> Manifest:
         _check_identity(path, f"identity_sources.{name}", name)
         if not isinstance(raw, str):
             raise _bad(path, f"identity_sources.{name}", "expected an image or video path")
-        source, problem = places.path(raw, folder)
-        if problem:
-            raise _bad(path, f"identity_sources.{name}", problem)
-        identity_sources[name] = source
+        identity_sources[name] = _input_path(raw, folder)
     clips, seen_ids, seen_outputs = [], {}, {}
     for where, entry in entries:
-        clip = _clip(path, where, entry, places, folder, outputs)
+        clip = _clip(path, where, entry, output_folders, folder, outputs)
         for seen, value, what in ((seen_ids, clip.id, "id"), (seen_outputs, clip.output, "output")):
             if value in seen:
                 raise _bad(path, where, f"same {what} as {seen[value]} ({value}); give each clip its own {what}")
@@ -243,28 +247,26 @@ def _check_identity(manifest: Path, where: str, name: Any) -> None:
         raise _bad(manifest, where, f"identity {name!r} must be a name of letters, digits, '-', '_' or '.'")
 
 
-def _clip(manifest: Path, where: str, entry: dict, places: _Places, folder: Path, outputs: Path) -> Clip:
+def _clip(manifest: Path, where: str, entry: dict, output_folders: _OutputFolders, folder: Path, outputs: Path) -> Clip:
     for key in ("video", "audio"):
         if not isinstance(entry.get(key), str) or not entry[key]:
             raise _bad(manifest, where, f"{key} is missing; every clip needs video, audio and output")
-    video, video_problem = places.path(entry["video"], folder)
-    audio, audio_problem = places.path(entry["audio"], folder)
+    video, audio = _input_path(entry["video"], folder), _input_path(entry["audio"], folder)
     output_raw = entry.get("output")
     if not isinstance(output_raw, str) or not output_raw:
         raise _bad(manifest, where, "output is missing; every clip needs video, audio and output")
-    output, output_problem = places.path(output_raw, outputs)
+    output, output_problem = output_folders.path(output_raw, outputs)
     if output.suffix.lower() not in (".mp4", ".mov", ".mkv", ".m4v"):
         raise _bad(manifest, where, f"output {output_raw}: unsupported type {output.suffix or '(none)'}; use .mp4, .mov, .mkv or .m4v")
     identity = entry.get("identity")
     if identity is not None:
         identity = str(identity)
         _check_identity(manifest, f"{where}.identity", identity)
-    profile, profile_problem = None, None
+    profile = None
     if entry.get("profile"):
         if not isinstance(entry["profile"], str):
             raise _bad(manifest, f"{where}.profile", "expected a profile path")
-        profile, profile_problem = places.path(entry["profile"], folder)
-    problems = [f"{key}: {p}" for key, p in (("video", video_problem), ("audio", audio_problem), ("output", output_problem), ("profile", profile_problem)) if p]
+        profile = _input_path(entry["profile"], folder)
     clip_id = _optional_str(entry.get("id"), manifest, f"{where}.id")
     if clip_id is None:
         clip_id = os.path.relpath(output, outputs) if output.is_relative_to(outputs) else str(output)
@@ -272,5 +274,5 @@ def _clip(manifest: Path, where: str, entry: dict, places: _Places, folder: Path
         id=clip_id, where=where, video=video, audio=audio, output=output,
         preset=_preset_ref(entry.get("preset"), manifest, f"{where}.preset"),
         overrides=_as_overrides(entry.get("set"), manifest, f"{where}.set"),
-        identity=identity, profile=profile, problem="; ".join(problems) or None,
+        identity=identity, profile=profile, problem=f"output: {output_problem}" if output_problem else None,
     )

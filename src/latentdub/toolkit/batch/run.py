@@ -34,6 +34,7 @@ from ..core.errors import BadInputError, LatentdubError
 from ..core.files import write_text_atomic
 from .executors import EXECUTORS, Executor, Task, TaskResult, make_executor
 from .journal import Journal, finished_record, histories
+from .progress import BatchProgress
 from .manifest import Clip, Manifest, load_manifest
 #: Stages whose settings shape an identity profile (others, e.g. output.crf, do not).
 PROFILE_STAGES = ("device", "seed", "track", "encoder", "generator", "finetuner")
@@ -184,7 +185,8 @@ def run_batch(
     ``preset``/``overrides`` replace the manifest's top-level preset and are
     appended to every clip's overrides (a clip's own ``preset`` wins).
     ``retries``: extra tries in this run for a clip that failed for a reason
-    other than bad input. ``progress`` shows per-frame bars (inline executor
+    other than bad input. ``progress`` shows a batch bar (clips settled of all
+    clips, ETA; every executor) and per-frame stage bars (inline executor
     only); ``verbose`` passes each clip's log lines through. ``summary``:
     where the CSV/JSON summaries go (default beside the journal). ``dub_fn``
     and ``tune_fn`` replace :func:`~latentdub.toolkit.dubbing.pipeline.dub` and
@@ -217,7 +219,9 @@ class _BatchRun:
     def __init__(self, manifest: Manifest, executor: str, workers: int, retries: int, log: Callable[[str], None],
                  progress: bool, verbose: bool, dub_fn: Optional[Callable[..., Any]], tune_fn: Optional[Callable[..., Any]]) -> None:
         self.manifest, self.executor, self.workers, self.retries, self.log = manifest, executor, workers, retries, log
-        self.progress = progress and executor == "inline"
+        self.progress = progress and executor == "inline"  # per-frame stage bars: only where the clip runs in this process
+        self.batch_bar = progress
+        self.bar: Optional[BatchProgress] = None
         self.verbose, self.dub_fn, self.tune_fn = verbose, dub_fn, tune_fn
         self.results: dict[str, ClipResult] = {}
         self.notes: list[str] = []
@@ -333,7 +337,17 @@ class _BatchRun:
         """Feed ready tasks to the executor as it has room; record each outcome as it arrives."""
         if not self.ready:
             return
-        runner = make_executor(self.executor, self.workers, ray_address, self.log)
+        settled = collections.Counter(r.status for r in self.results.values())
+        self.bar = BatchProgress(len(self.manifest.clips), len(self.results), settled, self.batch_bar)
+        plain_log, self.log = self.log, self.bar.wrap(self.log)
+        try:
+            self._run_tasks(make_executor(self.executor, self.workers, ray_address, self.log))
+        finally:
+            self.bar.close()
+            self.bar, self.log = None, plain_log
+
+    def _run_tasks(self, runner) -> None:
+        """The loop of :meth:`execute` on a started executor ``runner``."""
         jobs = {job.clip.id: job for job in self.todo}
         profile_tries: collections.Counter[str] = collections.Counter()
         try:
@@ -346,6 +360,7 @@ class _BatchRun:
                         jobs[task.id].attempt = task.attempt
                         jobs[task.id].tries += 1
                     runner.submit(task)
+                    self.bar.started(task.id)
                 r = runner.next_done()
                 task = r.task
                 self.journal.append(kind=task.kind, id=task.id, run=self.run_id, status="done" if r.ok else "failed", attempt=task.attempt,
@@ -362,6 +377,7 @@ class _BatchRun:
 
     def _profilefinished_record(self, r: TaskResult, retry: bool) -> None:
         task = r.task
+        self.bar.stopped(task.id)
         if r.ok:
             self.log(f"identity profile {task.id}: tuned in {r.seconds:.1f} s -> {task.output}")
             for job in self.waiting.pop(task.id, []):
@@ -378,12 +394,15 @@ class _BatchRun:
         job.seconds += r.seconds
         if r.ok:
             self.results[job.clip.id] = self._result(job, "done", size=r.size, sha256=r.sha256)
+            self.bar.settled(job.clip.id, "done")
             self.log(f"[{len(self.results)}/{len(self.manifest.clips)}] done {job.clip.id} in {r.seconds:.1f} s -> {job.clip.output}")
         elif r.retryable and job.tries <= self.retries:
+            self.bar.stopped(job.clip.id)
             self.log(f"{job.clip.id}: attempt {r.task.attempt} failed ({r.error}); retrying")
             self.ready.append(self._clip_task(job))
         else:
             self.results[job.clip.id] = self._result(job, "failed", error=r.error)
+            self.bar.settled(job.clip.id, "failed")
             self.log(f"[{len(self.results)}/{len(self.manifest.clips)}] failed {job.clip.id}: {r.error}")
 
     # ---- outcomes
@@ -399,4 +418,6 @@ class _BatchRun:
         self.journal.append(kind="clip", id=job.clip.id, run=self.run_id, status="failed", attempt=job.attempt, key=job.key,
                             output=str(job.clip.output), error=error)
         self.results[job.clip.id] = self._result(job, "failed", error=error)
+        if self.bar is not None:  # a clip refused while planning is counted when the bar starts
+            self.bar.settled(job.clip.id, "failed")
         self.log(f"[{len(self.results)}/{len(self.manifest.clips)}] failed {job.clip.id}: {error}")

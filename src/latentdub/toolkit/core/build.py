@@ -45,6 +45,14 @@ class BuildContext:
     log: Callable[[str], None] = print
 
 
+def build_with_defaults(kind: str, name: str, context: BuildContext) -> Any:
+    """The registered component ``name`` of ``kind`` built with its default settings, outside any preset."""
+    from .config import parse_config
+
+    component = get_component(kind, name)
+    return component.factory(parse_config(component.config, {}, kind), context)
+
+
 class Components:
     """Lazily built components of one preset: ``components["detector"]``.
 

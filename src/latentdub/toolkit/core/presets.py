@@ -37,7 +37,8 @@ STAGES = {
 class OutputConfig:
     """Encoding of the result: x264 ``crf`` (0-51, lower is better) and ``preset``;
     ``fps`` None follows the input; ``preview`` writes a side-by-side video beside
-    the output and ``contact_sheet`` a PNG grid of frames.
+    the output, ``contact_sheet`` a PNG grid of frames and ``review`` the review
+    page ``OUT.review.html`` (see :mod:`latentdub.toolkit.dubbing.review`).
 
     The sound track is the speech at its own rate and channels: ``audio_codec``
     ``aac`` (at ``audio_bitrate``), ``pcm``, ``flac``, ``alac`` (lossless, where
@@ -54,6 +55,7 @@ class OutputConfig:
     audio_codec: Literal["aac", "pcm", "flac", "alac", "copy"] = "aac"
     audio_rate: Optional[int] = None
     audio_channels: Optional[int] = None
+    review: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -177,7 +177,9 @@ class Motion:
       opening and width relative to inter-ocular distance, 0 = closed/neutral.
 
     ``extra["notes"]`` (list of str), when present, is copied into the run
-    summary (for example a fallback the model took and why).
+    summary (for example a fallback the model took and why). ``extra["mouth"]``
+    (float32 ``[T, 3]``, as the ``"mouth"`` codes), when a model of another
+    kind provides it, is the target mouth shape the review page plots.
     """
 
     kind: str

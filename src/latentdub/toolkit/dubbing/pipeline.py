@@ -9,6 +9,8 @@ Two streaming passes over the footage keep memory flat in clip length:
    it every aligned face crop;
 3. synthesis: decode again, crop each tracked face, render the new mouth in
    batches, composite it back, encode; frames without a face pass through.
+4. review (only with ``output.review``, see :mod:`.review`): decode the
+   written output once more and measure its mouth for the review page.
 
 Speech goes through the motion model once for the whole output timeline
 (compact per-frame codes) as a 16 kHz mono copy; the result carries the speech
@@ -34,6 +36,7 @@ from ..core.errors import CannotServeError, NoFaceError, PluginError
 from ..core.presets import Preset, fallback_preset, preset_path_for, resolve_preset
 from ..core.types import Audio, Frame, Motion, TrackedFace
 from ..media.video import VideoWriter, check_output_path, probe_video, read_frames, read_frames_at, read_image
+from .review import Review
 from .soundtrack import TrackFormat, choose_format, require_copyable, write_track
 from .timing import Timeline
 
@@ -120,9 +123,14 @@ def _timed(summary: RunSummary, stage: str) -> Iterator[None]:
 
 
 def _progress(total: Optional[int], desc: str, enabled: bool):
+    """The progress bar of one per-frame stage (analyse, study, render, review): one line each, named alike.
+
+    A bar at the top of the terminal stays when done (a plain ``dub``); under
+    another bar (a batch's) it is cleared, so a batch keeps one line per clip in flight.
+    """
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=f"{desc:<7}", unit="frame", disable=not enabled, leave=None, dynamic_ncols=True)
 
 
 class FrameSource:
@@ -326,8 +334,9 @@ def _synthesise(
     references: tuple[np.ndarray, np.ndarray],
     progress: bool,
     workdir: Path,
+    review: Optional[Review] = None,
 ) -> None:
-    """Motion, render, composite and encode ``n_out`` frames into ``output`` with the delivered ``sound`` track."""
+    """Motion, render, composite and encode ``n_out`` frames into ``output`` with the delivered ``sound`` track (and the review's source copy)."""
     preset = components.preset
     renderer, motion_model = _check_motion_fits(components)
     with _timed(summary, "motion"):
@@ -351,6 +360,10 @@ def _synthesise(
         preview = VideoWriter(preview_path, fps, (size[0] * 2, size[1]), preset.output.crf, preset.output.x264_preset, audio=delivered.mux)
         opened.append(preview)
         writers.append(lambda src, out: preview.write(np.concatenate([src, out], axis=1)))
+    if review is not None:
+        source_copy = review.start(motion, speech, fps, size, preset.output, workdir)
+        opened.append(source_copy)
+        writers.append(lambda src, out: source_copy.write(src))
     if preset.output.contact_sheet:
         counter = iter(range(n_out))
         writers.append(lambda src, out: sheet_frames.append(out.copy()) if next(counter) in sheet_at else None)
@@ -369,7 +382,8 @@ def _synthesise(
         for w in opened:
             w.abort()
         raise
-    summary.extras += [w.path for w in opened[1:]]
+    if preset.output.preview:
+        summary.extras.append(preview.path)
     if isinstance(renderer, protocols.RunReporter):
         report = renderer.report()
         summary.notes += list(report.notes)
@@ -437,6 +451,7 @@ def _dub(video: Path, audio: Path, output: str | Path, preset: Preset, profile: 
         components, lambda: ((f.image, track[f.index]) for f in read_frames(video, fps=fps, info=info) if f.index < track.n_frames),
         summary, progress, track.n_frames,
     )
+    review = Review.for_dub(output, video, info, track, timeline, components) if preset.output.review else None
     with tempfile.TemporaryDirectory(prefix="latentdub-") as tmp:
         workdir = Path(tmp)
         with _timed(summary, "references"):
@@ -450,10 +465,12 @@ def _dub(video: Path, audio: Path, output: str | Path, preset: Preset, profile: 
                 components=components, summary=summary, output=output, fps=fps, size=(info.width, info.height),
                 n_out=timeline.n_frames, speech=speech, timeline=timeline, sound=sound,
                 frame_for=lambda t: _frame_and_face(source, track, int(source_index[t])),
-                references=references, progress=progress, workdir=workdir,
+                references=references, progress=progress, workdir=workdir, review=review,
             )
         finally:
             source.close()
+        if review is not None:
+            summary.extras.append(review.write(summary, components, lambda total, desc: _progress(total, desc, progress)))
     preset.write(summary.preset_file)
     return summary
 
@@ -582,10 +599,13 @@ def _animate(image: Path, audio: Path, output: str | Path, preset: Preset, profi
     crop = warp_to_crop(picture, tracked.alignment)
     references = (crop[None], tracked.alignment.apply(_landmarks(tracked.face))[None])
     _study_source(components, lambda: iter([(picture, tracked)]), summary, progress, 1)
+    review = Review.for_still(output, image, picture, tracked, n_out, components) if preset.output.review else None
     with tempfile.TemporaryDirectory(prefix="latentdub-") as tmp:
         _synthesise(
             components=components, summary=summary, output=output, fps=fps, size=(w, h), n_out=n_out, speech=speech, timeline=timeline, sound=sound,
-            frame_for=lambda t: (picture, tracked), references=references, progress=progress, workdir=Path(tmp),
+            frame_for=lambda t: (picture, tracked), references=references, progress=progress, workdir=Path(tmp), review=review,
         )
+        if review is not None:
+            summary.extras.append(review.write(summary, components, lambda total, desc: _progress(total, desc, progress)))
     preset.write(summary.preset_file)
     return summary

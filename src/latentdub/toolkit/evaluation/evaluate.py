@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequenc
 import numpy as np
 
 from ..core.config import config_to_dict, parse_config
-from ..core.build import BuildContext
+from ..core.build import BuildContext, build_with_defaults
 from ..core.errors import BadInputError, LatentdubError, MissingWeightsError, PluginError
 from ..core.files import check_writable_file, write_text_atomic
 from ..core.types import Face, Frame
@@ -111,12 +111,17 @@ class Metric(Protocol):
 
 @dataclasses.dataclass
 class ClipResult:
-    """Scores of one clip: ``values`` by column, ``notes`` say why a value is NaN."""
+    """Scores of one clip: ``values`` by column, ``notes`` say why a value is NaN.
+
+    ``series``: column -> (times s, values) per frame pair, for metrics whose
+    scorer has ``series()`` (the per-frame ones: PSNR, SSIM, LMD, CPBD).
+    """
 
     clip: ClipPair
     frames: int
     values: dict[str, float]
     notes: dict[str, str]
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -277,8 +282,7 @@ def evaluate(
 
     def detect(image: np.ndarray) -> list[Face]:
         if not built_detector:
-            component = get_component("detector", detector)
-            built_detector.append(component.factory(parse_config(component.config, {}, "detector"), context))
+            built_detector.append(build_with_defaults("detector", detector, context))
         return built_detector[0].detect(image)
 
     def build(stage: str) -> Any:
@@ -324,7 +328,10 @@ def evaluate(
                 break
         values: dict[str, float] = {}
         notes: dict[str, str] = {}
+        series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, scorer in scorers.items():
+            if hasattr(scorer, "series"):
+                series.update(scorer.series())
             try:
                 values.update(scorer.result())
             except LatentdubError:
@@ -336,7 +343,7 @@ def evaluate(
             per_metric_scorers[name].append(scorer)
         for column, reason in _scorer_notes(scorers).items():
             notes.setdefault(column, reason)
-        results.append(ClipResult(clip, count, values, notes))
+        results.append(ClipResult(clip, count, values, notes, series))
 
     summary: dict[str, float] = {}
     for name, metric in built.items():

@@ -108,6 +108,12 @@ def mouth_opening(landmarks68: np.ndarray) -> float:
     return float(np.mean(gaps)) / inter_ocular(pts)
 
 
+def mouth_openings(landmarks68: np.ndarray) -> np.ndarray:
+    """:func:`mouth_opening` of each frame of ``[N, 68, 2]`` landmarks, float64 ``[N]``; NaN where a frame's points are NaN."""
+    pts = np.asarray(landmarks68, np.float64)
+    return np.array([np.nan if np.isnan(p).any() else mouth_opening(p) for p in pts], np.float64).reshape(len(pts))
+
+
 def mouth_width(landmarks68: np.ndarray) -> float:
     """Distance between the outer mouth corners (48, 54) divided by the IOD."""
     pts = _as_points(landmarks68)
