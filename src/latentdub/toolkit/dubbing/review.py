@@ -40,7 +40,7 @@ from ..core.files import write_bytes_atomic, write_text_atomic
 from ..core.types import Audio, Motion, TrackedFace
 from ..faces.masks import mouth_openings
 from ..media.figures import figure_bytes, new_figure, waveform_envelope
-from ..media.video import VideoWriter, read_frames
+from ..media.video import MuxedAudio, VideoWriter, read_frames
 
 #: Largest lag (frames, either way) searched when relating the output's mouth to the target.
 MAX_LAG = 5
@@ -220,7 +220,10 @@ class Review:
         self.target = motion_target(motion)
         self.speech = speech
         self.fps = fps
-        sound = save_wav(self.source_audio, workdir / "source-sound.wav") if self.source_audio is not None else None
+        sound = None
+        if self.source_audio is not None:
+            wav = save_wav(self.source_audio, workdir / "source-sound.wav")
+            sound = MuxedAudio(("-i", str(wav)), ("-c:a", "aac", "-b:a", output_config.audio_bitrate))
         self.source_copy = workdir / "review-source.mp4"
         return VideoWriter(self.source_copy, fps, size, max(output_config.crf, 20), output_config.x264_preset, audio=sound)
 
