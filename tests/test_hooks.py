@@ -39,6 +39,7 @@ COMPONENT_HOOKS = [
     ("generator", "register_generators"),
     ("motion", "register_motion_models"),
     ("renderer", "register_renderers"),
+    ("trainer", "register_trainers"),
     ("finetuner", "register_finetuners"),
     ("compositor", "register_compositors"),
     ("audio_features", "register_audio_features"),

@@ -18,7 +18,8 @@ import torch
 
 from latentdub.nets.audio2latent import Audio2Latent, Audio2LatentSpec, predict_windows, random_pca
 from latentdub.toolkit.learning.dataset import shard_path, write_shard
-from latentdub.toolkit.learning.training import ClipSampler, Objective, TrainConfig
+from latentdub.plugins.audio2latent import Objective, TrainConfig
+from latentdub.toolkit.learning.training import ClipSampler
 
 TINY = Audio2LatentSpec(n_styles=8, latent_dim=64, layers=(0, 1, 2, 3), components=8, conv_channels=(8, 16), audio_dim=32, hidden=64)
 PAPER = Audio2LatentSpec(n_styles=18, latent_dim=512)

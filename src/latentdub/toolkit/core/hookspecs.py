@@ -47,6 +47,11 @@ def register_renderers(register):
 
 
 @hookspec
+def register_trainers(register):
+    """Register Stage-1 trainers, one per trainable motion model and under its name: the core's training loop drives them."""
+
+
+@hookspec
 def register_finetuners(register):
     """Register fine-tuners (Stage 2): adapt a generator to one identity and return a profile."""
 

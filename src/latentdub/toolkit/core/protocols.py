@@ -134,6 +134,39 @@ class Compositor(Protocol):
 
 
 @runtime_checkable
+class Trainer(Protocol):
+    """Stage 1: trains one motion model; ``latentdub train`` (the core's loop) drives it.
+
+    ``loop`` is its :class:`~latentdub.toolkit.learning.training.LoopConfig`
+    (steps, batch, optimiser, checkpoints); ``loss_parts`` names the scalar
+    parts :meth:`loss` reports (CSV columns); ``final_name`` is the file
+    written at the end of a run.
+    """
+
+    loop: Any
+    loss_parts: tuple[str, ...]
+    final_name: str
+
+    def start(self, data: Any, checkpoint: Optional[Path]) -> list[str]:
+        """Build the model from the training data (or load ``checkpoint`` to resume); return notes for the summary."""
+
+    def parameters(self) -> Any:
+        """The parameters the optimiser updates."""
+
+    def train(self, mode: bool) -> None:
+        """Training (True) or evaluation (False) mode."""
+
+    def loss(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[Any, dict[str, float]]:
+        """Differentiable loss of one batch and its named parts."""
+
+    def save(self, path: Path, extra: dict[str, Any]) -> Path:
+        """Write the model to ``path`` with ``extra`` metadata."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description stored beside each checkpoint."""
+
+
+@runtime_checkable
 class Finetuner(Protocol):
     """Stage 2: adapts a generator to one identity."""
 
