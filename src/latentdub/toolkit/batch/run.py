@@ -44,7 +44,7 @@ PROFILE_STAGES = ("device", "seed", "track", "encoder", "generator", "finetuner"
 
 
 @dataclasses.dataclass
-class ClipResult:
+class ClipOutcome:
     """Outcome of one clip: ``status`` is ``done`` (made in this run), ``skipped`` (already
     finished and verified) or ``failed``; ``attempts`` counts tries in this run."""
 
@@ -73,7 +73,7 @@ class BatchSummary:
     executor: str
     workers: int
     seconds: float
-    clips: list[ClipResult]
+    clips: list[ClipOutcome]
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def count(self, status: str) -> int:
@@ -109,7 +109,7 @@ class BatchSummary:
 
     def write(self) -> None:
         """Write the CSV and JSON summaries (atomically)."""
-        fields = [f.name for f in dataclasses.fields(ClipResult)]
+        fields = [f.name for f in dataclasses.fields(ClipOutcome)]
         rows = [{k: ("" if v is None else str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(c).items()} for c in self.clips]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=fields)
@@ -223,7 +223,7 @@ class _BatchRun:
         self.batch_bar = progress
         self.bar: Optional[BatchProgress] = None
         self.verbose, self.dub_fn, self.tune_fn = verbose, dub_fn, tune_fn
-        self.results: dict[str, ClipResult] = {}
+        self.results: dict[str, ClipOutcome] = {}
         self.notes: list[str] = []
         self.todo: list[_Job] = []
         self.ready: collections.deque[Task] = collections.deque()
@@ -407,9 +407,9 @@ class _BatchRun:
 
     # ---- outcomes
 
-    def _result(self, job: _Job, status: str, **extra: Any) -> ClipResult:
+    def _result(self, job: _Job, status: str, **extra: Any) -> ClipOutcome:
         c = job.clip
-        return ClipResult(id=c.id, status=status, video=c.video, audio=c.audio, output=c.output, attempts=job.tries,  # type: ignore[arg-type]
+        return ClipOutcome(id=c.id, status=status, video=c.video, audio=c.audio, output=c.output, attempts=job.tries,  # type: ignore[arg-type]
                           seconds=job.seconds, identity=c.identity, profile=job.profile, **extra)
 
     def _fail(self, job: _Job, error: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
-from .types import Alignment, Audio, Face, Motion, RenderReport
+from .types import Alignment, Audio, ClipPair, Face, FramePair, Motion, RenderReport
 
 
 @runtime_checkable
@@ -172,3 +172,24 @@ class Finetuner(Protocol):
 
     def tune(self, generator: Generator, encoder: Encoder, crops: np.ndarray, out: Path) -> Path:
         """Tune on aligned crops uint8 ``[N, S, S, 3]`` and write an identity profile to ``out``."""
+
+
+@runtime_checkable
+class ClipScorer(Protocol):
+    """Per-clip state of one metric."""
+
+    def add(self, pair: FramePair) -> None:
+        """Take one frame pair."""
+
+    def result(self) -> dict[str, float]:
+        """``{column: value}`` for the clip (NaN when undefined); extra keys go to CSV/JSON only."""
+
+
+@runtime_checkable
+class Metric(Protocol):
+    """A built metric component."""
+
+    columns: tuple[str, ...]
+
+    def start(self, clip: ClipPair) -> ClipScorer:
+        """A fresh scorer for ``clip``."""

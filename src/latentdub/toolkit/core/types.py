@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -202,3 +202,43 @@ class RenderReport:
 
     notes: tuple[str, ...] = ()
     fallback: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClipPair:
+    """One generated clip and the reference it is scored against; ``name`` labels the table row."""
+
+    name: str
+    generated: Path
+    reference: Path
+
+
+class FramePair:
+    """A generated frame and its time-nearest reference frame (both uint8 RGB, same size).
+
+    ``generated_face()`` / ``reference_face()`` run the shared detector once
+    per frame and return the best face (or ``None``).
+    """
+
+    def __init__(self, index: int, time: float, generated: np.ndarray, reference: np.ndarray,
+                 detect: Callable[[np.ndarray], list[Face]]) -> None:
+        self.index = index
+        self.time = time
+        self.generated = generated
+        self.reference = reference
+        self._detect = detect
+        self._faces: dict[str, Optional[Face]] = {}
+
+    def _face(self, side: str) -> Optional[Face]:
+        if side not in self._faces:
+            faces = self._detect(self.generated if side == "generated" else self.reference)
+            self._faces[side] = faces[0] if faces else None
+        return self._faces[side]
+
+    def generated_face(self) -> Optional[Face]:
+        """Best face in the generated frame, or ``None``."""
+        return self._face("generated")
+
+    def reference_face(self) -> Optional[Face]:
+        """Best face in the reference frame, or ``None``."""
+        return self._face("reference")

@@ -30,7 +30,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -38,7 +38,8 @@ from ..core.config import config_to_dict, parse_config
 from ..core.build import BuildContext, build_with_defaults
 from ..core.errors import BadInputError, LatentdubError, MissingWeightsError, PluginError
 from ..core.files import check_writable_file, write_text_atomic
-from ..core.types import Face, Frame
+from ..core.protocols import ClipScorer, Metric
+from ..core.types import ClipPair, Face, Frame, FramePair
 
 #: Metric names run by default, in table order.
 DEFAULT_METRICS = ("psnr", "ssim", "fid", "lmd", "lse", "cpbd")
@@ -48,65 +49,6 @@ DEFAULT_DETECTOR = "dlib"
 VIDEO_SUFFIXES = (".mp4", ".mpg", ".mpeg", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 #: Label of the summary row.
 SUMMARY_ROW = "mean"
-
-
-@dataclasses.dataclass(frozen=True)
-class ClipPair:
-    """One generated clip and the reference it is scored against; ``name`` labels the table row."""
-
-    name: str
-    generated: Path
-    reference: Path
-
-
-class FramePair:
-    """A generated frame and its time-nearest reference frame (both uint8 RGB, same size).
-
-    ``generated_face()`` / ``reference_face()`` run the shared detector once
-    per frame and return the best face (or ``None``).
-    """
-
-    def __init__(self, index: int, time: float, generated: np.ndarray, reference: np.ndarray,
-                 detect: Callable[[np.ndarray], list[Face]]) -> None:
-        self.index = index
-        self.time = time
-        self.generated = generated
-        self.reference = reference
-        self._detect = detect
-        self._faces: dict[str, Optional[Face]] = {}
-
-    def _face(self, side: str) -> Optional[Face]:
-        if side not in self._faces:
-            faces = self._detect(self.generated if side == "generated" else self.reference)
-            self._faces[side] = faces[0] if faces else None
-        return self._faces[side]
-
-    def generated_face(self) -> Optional[Face]:
-        """Best face in the generated frame, or ``None``."""
-        return self._face("generated")
-
-    def reference_face(self) -> Optional[Face]:
-        """Best face in the reference frame, or ``None``."""
-        return self._face("reference")
-
-
-class ClipScorer(Protocol):
-    """Per-clip state of one metric."""
-
-    def add(self, pair: FramePair) -> None:
-        """Take one frame pair."""
-
-    def result(self) -> dict[str, float]:
-        """``{column: value}`` for the clip (NaN when undefined); extra keys go to CSV/JSON only."""
-
-
-class Metric(Protocol):
-    """A built metric component."""
-
-    columns: tuple[str, ...]
-
-    def start(self, clip: ClipPair) -> ClipScorer:
-        """A fresh scorer for ``clip``."""
 
 
 @dataclasses.dataclass
