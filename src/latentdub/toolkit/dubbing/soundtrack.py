@@ -41,8 +41,8 @@ import numpy as np
 from ..core.errors import BadInputError, OutputError
 from ..core.presets import OutputConfig, SpeechConfig
 from ..core.types import AudioInfo
-from ..media.audio import decode_failure, edit_plan, ffmpeg_exe, loudness_gain, spans
-from ..media.video import MuxedAudio
+from ..media.audio import decode_failure, edit_plan, loudness_gain, spans
+from ..media.video import MuxedAudio, ffmpeg_exe
 from .timing import Timeline
 
 #: Container suffix -> the ``output.audio_codec`` values it takes (besides ``copy``).

@@ -27,16 +27,10 @@ import numpy as np
 
 from ..core.errors import BadInputError, OutputError
 from ..core.types import Audio, AudioInfo
+from .video import ffmpeg_exe
 
 #: Sample rate every speech model in latentdub works at, in Hz.
 SPEECH_RATE = 16000
-
-
-def ffmpeg_exe() -> str:
-    """Path of the bundled ffmpeg binary."""
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def load_audio(path: str | Path, sample_rate: int = SPEECH_RATE) -> Audio:
