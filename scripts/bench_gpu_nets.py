@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(ROOT / "src"))
 
-from latentdub.toolkit.devices import set_tf32, synchronize  # noqa: E402
+from latentdub.toolkit.core.devices import set_tf32, synchronize
 from latentdub.nets.psp import PspModel, build_encoder  # noqa: E402
 from latentdub.nets.stylegan2 import Generator, compiled_synthesis  # noqa: E402
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentdub.toolkit.video import ffmpeg_exe
+from latentdub.toolkit.media.video import ffmpeg_exe
 
 
 def ffmpeg(*args: str) -> None:
@@ -19,7 +19,7 @@ def ffmpeg(*args: str) -> None:
 
 def looped(clip: Path, out: Path, times: int) -> Path:
     """``clip`` repeated ``times`` times (video and audio), H.264/AAC at the clip's constant rate."""
-    from latentdub.toolkit.video import probe_video
+    from latentdub.toolkit.media.video import probe_video
 
     rate = str(probe_video(clip).fps)
     ffmpeg("-stream_loop", str(times - 1), "-i", str(clip), "-fps_mode", "cfr", "-r", rate, "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-c:a", "aac", str(out))
@@ -76,3 +76,23 @@ def garbage(out: Path, size: int = 50_000) -> Path:
     """Random bytes with a video file name."""
     out.write_bytes(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
     return out
+
+
+def studio_speech(clip: Path, out: Path, seconds: float, rate: int = 48000, codec: str = "pcm_s24le", volume: float = 0.5) -> Path:
+    """The first ``seconds`` of the clip's speech as ``rate`` Hz stereo ``codec`` (24-bit WAV by default).
+
+    Resampled with soxr in float, so the samples use all 24 bits; the right
+    channel is a different mix than the left, so a swap or downmix shows.
+    """
+    ffmpeg("-i", str(clip), "-vn", "-t", str(seconds),
+           "-af", f"aresample={rate}:resampler=soxr,pan=stereo|c0={volume}*c0|c1={0.6 * volume}*c1+{0.2 * volume}*c0",
+           "-c:a", codec, *(["-sample_fmt", "s32"] if codec == "flac" else []), str(out))
+    return out
+
+
+def decode_s32(path: Path, channels: int) -> np.ndarray:
+    """The first audio stream of ``path`` decoded by the bundled ffmpeg as 32-bit integers ``[n, channels]``."""
+    proc = subprocess.run([ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "s32le", "-"], capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.decode(errors="replace"))
+    return np.frombuffer(proc.stdout, "<i4").reshape(-1, channels)

@@ -30,9 +30,9 @@ from PIL import Image
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit.config import WEIGHT_FILE, CHECKS, marked_settings, parse_config, setting_types, split_annotation
-from latentdub.toolkit.plugins import components
-from latentdub.toolkit.video import probe_video, read_frames
+from latentdub.toolkit.core.config import NAMES_WEIGHTS, CHECKS, marked_settings, parse_config, setting_types, split_annotation
+from latentdub.toolkit.core.plugins import components
+from latentdub.toolkit.media.video import probe_video, read_frames
 
 from . import media as M
 
@@ -319,7 +319,7 @@ def test_unusual_speech_files_are_decoded(media, tmp_path, audio):
 
 
 def test_the_first_of_two_audio_tracks_is_the_speech(media, tmp_path):
-    from latentdub.toolkit.audio import load_audio, speech_envelope
+    from latentdub.toolkit.media.audio import load_audio, speech_envelope
 
     out = tmp_path / "o.mp4"
     dubbed(dub(media / "clip.mp4", media / "two-tracks.m4a", out), out)
@@ -443,7 +443,7 @@ def _numbers_without_a_check(cls: type, prefix: str = "") -> list[str]:
 
 
 def test_every_numeric_setting_of_every_registered_config_declares_its_range():
-    from latentdub.toolkit.presets import CORE_SECTIONS
+    from latentdub.toolkit.core.presets import CORE_SECTIONS
 
     configs = [("core", name, cls) for name, cls in CORE_SECTIONS.items()] + _registered_configs()
     missing = {f"{kind}:{name}": found for kind, name, cls in configs if (found := _numbers_without_a_check(cls))}
@@ -485,44 +485,56 @@ def test_usage_errors_are_one_line(media, tmp_path):
 # --------------------------------------------------------------------------- checkpoints that must never load
 
 
-#: How a weight setting of each component kind is exercised: the command, and settings that make it load the file.
+#: How a weight setting of each component kind is exercised: the command that reads it.
 RUNS = {
-    "detector": lambda m, out, stage, plugin: ("dub", m / "clip.mp4", m / "speech.wav", "-o", out, "-p", "tiny", "--set", f"detector.plugin={plugin}"),
-    "encoder": lambda m, out, stage, plugin: ("dub", m / "clip.mp4", m / "speech.wav", "-o", out, "-p", "tiny", "--set", f"encoder.plugin={plugin}",
-                                               "--set", "encoder.random_init=false"),
-    "generator": lambda m, out, stage, plugin: ("dub", m / "clip.mp4", m / "speech.wav", "-o", out, "-p", "tiny", "--set", "generator.random_init=false"),
-    "motion": lambda m, out, stage, plugin: ("dub", m / "clip.mp4", m / "speech.wav", "-o", out, "-p", "tiny", "--set", "motion.random_init=false"),
-    "finetuner": lambda m, out, stage, plugin: ("tune", m / "portrait.png", "-o", out.with_suffix(".profile"), "-p", "tiny",
-                                                 "--set", "finetuner.lpips_random_backbone=false"),
-    "metric": lambda m, out, stage, plugin: ("evaluate", m / "clip.mp4", m / "clip.mp4", "--metrics", plugin),
+    "detector": lambda m, out: ("dub", m / "clip.mp4", m / "speech.wav", "-o", out, "-p", "tiny"),
+    "encoder": lambda m, out: ("dub", m / "clip.mp4", m / "speech.wav", "-o", out, "-p", "tiny"),
+    "generator": lambda m, out: ("dub", m / "clip.mp4", m / "speech.wav", "-o", out, "-p", "tiny"),
+    "motion": lambda m, out: ("dub", m / "clip.mp4", m / "speech.wav", "-o", out, "-p", "tiny"),
+    "finetuner": lambda m, out: ("tune", m / "portrait.png", "-o", out.with_suffix(".profile"), "-p", "tiny", "--set", "finetuner.lpips_random_backbone=false"),
+    "metric": lambda m, out: ("evaluate", m / "clip.mp4", m / "clip.mp4"),
 }
+
+
+def _load_file_args(media: Path, out: Path, kind: str, plugin: str, setting: str, path: Path) -> tuple:
+    """Command-line arguments that make ``plugin`` (a ``kind``) read ``path`` through ``setting``."""
+    if kind == "metric":
+        return (*RUNS[kind](media, out), "--metrics", plugin, "--set", f"{plugin}.{setting}={path}")
+    config = components()[kind][plugin].config
+    random = ("--set", f"{kind}.random_init=false") if "random_init" in setting_types(config) else ()
+    return (*RUNS[kind](media, out), "--set", f"{kind}.plugin={plugin}", *random, "--set", f"{kind}.{setting}={path}")
+
+
 #: Weight settings read only by `latentdub train` (covered by the training run below).
 TRAIN_SETTINGS = {("motion", "audio2latent", "train.lpips_weights")}
 
 
 def _weight_settings() -> list[tuple[str, str, str]]:
-    return [(kind, name, setting) for kind, name, cls in _registered_configs() for setting in marked_settings(cls, WEIGHT_FILE)]
+    """(kind, plugin, setting) of every weight setting, each config once (a trainer shares its motion model's)."""
+    first = {}
+    for kind, name, cls in _registered_configs():
+        first.setdefault(cls, (kind, name))
+    return [(*first[cls], setting) for cls in first for setting in marked_settings(cls, NAMES_WEIGHTS)]
 
 
 def test_every_weight_setting_is_covered_below():
     settings = _weight_settings()
-    assert {"checkpoint", "predictor", "lpips_weights", "weights"} <= {s.split(".")[-1] for _, _, s in settings}
+    assert {("audio2latent", "checkpoint"), ("audio2latent", "train.lpips_weights"), ("stylegan2", "checkpoint"), ("psp", "checkpoint"),
+            ("e4e", "checkpoint"), ("dlib", "predictor"), ("pti", "lpips_weights"), ("fid", "weights"), ("lse", "weights"),
+            ("clipfit", "prior")} <= {(p, s) for _, p, s in settings}
     assert all(kind in RUNS for kind, _, _ in settings)
 
 
 @pytest.mark.parametrize("kind, plugin, setting", [s for s in _weight_settings() if s not in TRAIN_SETTINGS])
 @pytest.mark.parametrize("bad", ["pickle.pt", "torch-zip-with-code.pt", "wrong-shape.pt"])
 def test_checkpoints_with_code_or_the_wrong_tensors_are_refused(media, tmp_path, kind, plugin, setting, bad):
-    stage = "metric" if kind == "metric" else kind
     out = tmp_path / "o.mp4"
-    key = f"{plugin}.{setting}" if kind == "metric" else f"{stage}.{setting}"
-    result = run(*RUNS[kind](media, out, stage, plugin), "--set", f"{key}={media / bad}", "-q")
-    refused(result, 2, bad, out=out)
+    refused(run(*_load_file_args(media, out, kind, plugin, setting, media / bad), "-q"), 2, bad, out=out)
 
 
 def test_an_nvidia_pickle_is_not_unpickled_unless_asked(media, tmp_path):
     out = tmp_path / "o.mp4"
-    result = run(*RUNS["generator"](media, out, "generator", "stylegan2"), "--set", f"generator.checkpoint={media / 'pickle.pkl'}", "-q")
+    result = run(*_load_file_args(media, out, "generator", "stylegan2", "checkpoint", media / "pickle.pkl"), "-q")
     refused(result, 2, "pickle.pkl", "refusing to unpickle", "allow_pickle", out=out)
 
 
@@ -595,7 +607,7 @@ def test_a_rerun_after_sigkill_succeeds_and_clears_what_the_killed_run_left(medi
 
 
 def test_a_run_refuses_an_output_another_run_holds(media, tmp_path):
-    from latentdub.toolkit.files import file_lock
+    from latentdub.toolkit.core.files import file_lock
 
     out = tmp_path / "o.mp4"
     with file_lock(out, wait=False):  # what a running dub holds on its output

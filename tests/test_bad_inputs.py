@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit.video import probe_video
+from latentdub.toolkit.media.video import probe_video
 
 from . import media
 
@@ -80,13 +80,17 @@ def test_two_faces_dubs_the_largest(grid_clips, tmp_path):
 
 
 def test_variable_frame_rate_clip(grid_clips, tmp_path):
+    """VFR footage is dubbed at a constant rate, and the summary says so (source average, output rate, frames repeated)."""
+    from latentdub.toolkit.dubbing.pipeline import dub as dub_api
+
     clip = media.variable_frame_rate(grid_clips[0], tmp_path / "vfr.mkv")
     out = tmp_path / "o.mp4"
-    result = dub(clip, grid_clips[1], out, "--set", "output.fps=25")
-    assert result.exit_code == 0, result.output
+    summary = dub_api(clip, grid_clips[1], out, preset="preview", overrides=["output.fps=25"], log=lambda m: None)
     info = probe_video(out)
     assert info.fps == 25
     assert info.duration == pytest.approx(probe_video(clip).duration, abs=0.15)
+    assert ("note: vfr.mkv: variable frame rate (75 frames, average 19.681 fps, gaps 40-80 ms) converted to constant 25 fps: "
+            f"{summary.frames - 75} frames repeated") in summary.lines()
 
 
 @pytest.mark.parametrize("target", ["missing-folder/o.mp4", "afile/o.mp4", "o.txt", "."])
@@ -105,8 +109,8 @@ def test_missing_input_file(grid_clips, tmp_path):
 
 def test_frames_without_a_face_pass_through_untouched(grid_clips, tmp_path):
     """A clip whose second half shows no face: those frames come out as they went in, and are counted."""
-    from latentdub.toolkit.pipeline import dub
-    from latentdub.toolkit.video import read_frames
+    from latentdub.toolkit.dubbing.pipeline import dub
+    from latentdub.toolkit.media.video import read_frames
 
     noface = media.faceless(tmp_path / "noface.mp4", seconds=1.0)
     clip = tmp_path / "half.mp4"

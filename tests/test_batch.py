@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,9 +22,11 @@ import yaml
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit.batch import Journal, file_digest, load_manifest, run_batch
-from latentdub.toolkit.errors import BadInputError
-from latentdub.toolkit.video import probe_video, read_frames
+from latentdub.toolkit.batch.journal import Journal, file_digest
+from latentdub.toolkit.batch.manifest import load_manifest
+from latentdub.toolkit.batch.run import run_batch
+from latentdub.toolkit.core.errors import BadInputError
+from latentdub.toolkit.media.video import probe_video, read_frames
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +40,7 @@ def fake_dub(video, audio, output, preset, overrides, profile, progress, log, ov
     A video whose name contains ``bad`` is bad input (not retried); an
     ``OUTPUT.flaky`` file beside the output makes the next call crash once.
     """
-    from latentdub.toolkit.errors import BadInputError as Bad
+    from latentdub.toolkit.core.errors import BadInputError as Bad
 
     output = Path(output)
     if "bad" in Path(video).name:
@@ -117,37 +120,44 @@ def test_csv_manifest_rows_and_header_errors(tmp_path):
         load_manifest(path)
 
 
-def test_paths_escaping_the_manifest_folders_are_refused_per_clip(tmp_path):
+def test_inputs_are_read_from_anywhere_and_outputs_stay_inside(tmp_path):
+    """The normal case: manifest in the project folder, footage on another disk, no roots: needed.
+
+    Outputs must stay inside the manifest's folder, ``outputs`` or ``roots``;
+    a ``../`` or symlink escape fails only that clip, naming each allowed folder once.
+    """
     inside = tmp_path / "job"
     media = _media(inside, ("a",))
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    (outside / "x.mp4").write_bytes(b"x")
-    (inside / "media" / "link.mp4").symlink_to(outside / "x.mp4")
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    (shared / "s.mp4").write_bytes(b"s")
+    footage = tmp_path / "footage"
+    footage.mkdir()
+    (footage / "x.mp4").write_bytes(b"x")
+    (inside / "media" / "link.mp4").symlink_to(footage / "x.mp4")
+    (inside / "to-footage").symlink_to(footage)
+    delivery = tmp_path / "delivery"
+    delivery.mkdir()
     manifest = _write_manifest(inside, [
         {"video": media[0], "audio": media[0], "output": "ok.mp4"},
-        {"video": "../elsewhere/x.mp4", "audio": media[0], "output": "up.mp4"},
-        {"video": str(outside / "x.mp4"), "audio": media[0], "output": "abs.mp4"},
+        {"video": "../footage/x.mp4", "audio": media[0], "output": "up.mp4"},
+        {"video": str(footage / "x.mp4"), "audio": str(footage / "x.mp4"), "output": "abs.mp4"},
         {"video": "media/link.mp4", "audio": media[0], "output": "link.mp4"},
         {"video": media[0], "audio": media[0], "output": "../escaped.mp4"},
-        {"video": str(shared / "s.mp4"), "audio": media[0], "output": "rooted.mp4"},
-    ], roots=["../shared"])
-    problems = {c.id: c.problem for c in load_manifest(manifest).clips}
-    assert problems["ok.mp4"] is None and problems["rooted.mp4"] is None
-    assert "video: ../elsewhere/x.mp4 resolves to" in problems["up.mp4"]
-    assert "outside the manifest's folders" in problems["abs.mp4"]
-    assert "through a symlink" in problems["link.mp4"]
-    assert problems[str(tmp_path / "escaped.mp4")].startswith("output: ../escaped.mp4")
+        {"video": media[0], "audio": media[0], "output": "to-footage/linked-out.mp4"},
+        {"video": media[0], "audio": media[0], "output": str(delivery / "rooted.mp4")},
+    ], roots=["../delivery"])
+    clips = {c.id: c for c in load_manifest(manifest).clips}
+    assert clips["abs.mp4"].video == footage / "x.mp4" and clips["up.mp4"].video == footage / "x.mp4"
+    problems = {i: c.problem for i, c in clips.items() if c.problem}
+    assert sorted(problems) == sorted([str(tmp_path / "escaped.mp4"), "to-footage/linked-out.mp4"])
+    escaped = problems[str(tmp_path / "escaped.mp4")]
+    assert escaped.startswith(f"output: ../escaped.mp4 resolves to {tmp_path / 'escaped.mp4'}, outside the folders outputs may be written to")
+    assert f"({inside.resolve()}, {delivery.resolve()})" in escaped  # each folder once (outputs defaults to the manifest's folder)
+    assert "through a symlink" in problems["to-footage/linked-out.mp4"]
 
     summary = run_batch(manifest, log=_quiet, dub_fn=fake_dub)
-    status = {c.id: (c.status, c.error) for c in summary.clips}
-    assert status["ok.mp4"] == ("done", None) and status["rooted.mp4"] == ("done", None)
-    assert sum(s == "failed" for s, _ in status.values()) == 4
-    assert "outside the manifest's folders" in status["link.mp4"][1]
-    assert not (tmp_path / "escaped.mp4").exists()
+    status = {c.id: c.status for c in summary.clips}
+    assert [i for i, s in status.items() if s == "failed"] == [str(tmp_path / "escaped.mp4"), "to-footage/linked-out.mp4"]
+    assert json.loads((inside / "abs.mp4").read_text())["video"] == "x.mp4" and (delivery / "rooted.mp4").is_file()
+    assert not (tmp_path / "escaped.mp4").exists() and not (footage / "linked-out.mp4").exists()
 
 
 # --------------------------------------------------------------------------- journal, resume, retries
@@ -226,7 +236,7 @@ def test_cli_exit_code_6_and_summary_file(tmp_path, monkeypatch):
         {"video": media[0], "audio": media[1], "output": "a.mp4"},
         {"video": media[1], "audio": media[0], "output": "b.mp4"},
     ])
-    import latentdub.toolkit.batch as batch
+    import latentdub.toolkit.batch.run as batch
 
     real = batch.run_batch
     monkeypatch.setattr(batch, "run_batch", lambda *a, **k: real(*a, **k, dub_fn=fake_dub))
@@ -311,7 +321,7 @@ def _grid_manifest(folder: Path, grid_clips: list[Path], n: int, **top) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     clips = [{"video": str(grid_clips[i]), "audio": str(grid_clips[(i + 1) % n]), "output": f"{grid_clips[i].stem}.mp4"} for i in range(n)]
     path = folder / "manifest.yaml"
-    path.write_text(yaml.safe_dump({"preset": "preview", "roots": [str(grid_clips[0].parent)], **top, "clips": clips}))
+    path.write_text(yaml.safe_dump({"preset": "preview", **top, "clips": clips}))  # the clips are read where they are
     return path
 
 
@@ -375,19 +385,20 @@ def test_corrupt_clip_and_escaping_path_fail_while_the_rest_finish(tmp_path, gri
     (job / "corrupt.mp4").write_bytes(os.urandom(4096))
     (tmp_path / "outside.mpg").write_bytes(grid_clips[2].read_bytes())
     manifest = job / "manifest.yaml"
-    manifest.write_text(yaml.safe_dump({"preset": "preview", "roots": [str(grid_clips[0].parent)], "clips": [
+    manifest.write_text(yaml.safe_dump({"preset": "preview", "clips": [
         {"video": "corrupt.mp4", "audio": str(grid_clips[1]), "output": "corrupt-out.mp4"},
-        {"video": "../outside.mpg", "audio": str(grid_clips[1]), "output": "outside-out.mp4"},
-        {"video": str(grid_clips[0]), "audio": str(grid_clips[1]), "output": "good.mp4"},
+        {"video": str(grid_clips[0]), "audio": str(grid_clips[1]), "output": "../outside-out.mp4"},
+        {"video": "../outside.mpg", "audio": str(grid_clips[1]), "output": "good.mp4"},
     ]}))
     result = CliRunner().invoke(cli, ["batch", str(manifest), "-q"])
     assert result.exit_code == 6, result.output
     report = {row["id"]: row for row in json.loads((job / "manifest.summary.json").read_text())["clips"]}
     assert report["good.mp4"]["status"] == "done" and probe_video(job / "good.mp4").has_audio
     assert report["corrupt-out.mp4"]["status"] == "failed" and "corrupt.mp4" in report["corrupt-out.mp4"]["error"]
-    assert report["outside-out.mp4"]["status"] == "failed" and "outside the manifest's folders" in report["outside-out.mp4"]["error"]
+    escaped = report[str(tmp_path / "outside-out.mp4")]
+    assert escaped["status"] == "failed" and "outside the folders outputs may be written to" in escaped["error"]
     assert report["corrupt-out.mp4"]["attempts"] == 1  # bad input is not retried
-    assert not (job / "corrupt-out.mp4").exists() and not (job / "outside-out.mp4").exists()
+    assert not (job / "corrupt-out.mp4").exists() and not (tmp_path / "outside-out.mp4").exists()
 
 
 def _same_outputs(a: Path, b: Path) -> None:
@@ -400,26 +411,55 @@ def _same_outputs(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
-def test_local_pool_with_two_workers_gives_the_same_outputs(tmp_path, inline_batch, grid_clips):
+def test_local_pool_with_two_workers_gives_the_same_outputs(tmp_path, inline_batch, grid_clips, capfd):
     manifest = _grid_manifest(tmp_path, grid_clips, 4)
     clips = yaml.safe_load(manifest.read_text())
     clips["clips"] = clips["clips"][:2]
     manifest.write_text(yaml.safe_dump(clips))
-    summary = run_batch(manifest, workers=2, executor="local", log=_quiet)
+    capfd.readouterr()
+    summary = run_batch(manifest, workers=2, executor="local", log=_quiet, progress=True)
+    assert "2/2" in _final_bar(capfd.readouterr().err)  # the batch bar follows results from the workers
     assert summary.ok and len(summary.clips) == 2
     for got, want in zip(summary.clips, inline_batch.clips):
         _same_outputs(got.output, want.output)
 
 
 @pytest.mark.slow
-def test_ray_executor_gives_the_same_outputs(tmp_path, inline_batch, grid_clips):
+def test_ray_executor_gives_the_same_outputs(tmp_path, inline_batch, grid_clips, capfd):
     ray = pytest.importorskip("ray")
     manifest = _grid_manifest(tmp_path, grid_clips, 4)
     clips = yaml.safe_load(manifest.read_text())
     clips["clips"] = clips["clips"][:2]
     manifest.write_text(yaml.safe_dump(clips))
-    summary = run_batch(manifest, workers=2, executor="ray", log=_quiet)
+    capfd.readouterr()
+    summary = run_batch(manifest, workers=2, executor="ray", log=_quiet, progress=True)
+    assert "2/2" in _final_bar(capfd.readouterr().err)  # the batch bar follows results from the workers
     assert not ray.is_initialized(), "a Ray started by run_batch is shut down"
     assert summary.ok and summary.executor == "ray"
     for got, want in zip(summary.clips, inline_batch.clips):
         _same_outputs(got.output, want.output)
+
+
+@pytest.mark.parametrize("executor", ["inline", "local"])
+def test_batch_bar_counts_settled_clips_with_an_eta(tmp_path, capfd, executor):
+    """One bar over the manifest: clips skipped earlier start it, each result from the executor moves it."""
+    media = _media(tmp_path)
+    clips = [{"video": media[i], "audio": media[0], "output": f"{i}.mp4"} for i in range(3)] + [{"video": "media/bad.mp4", "audio": media[0], "output": "bad.mp4"}]
+    (tmp_path / "media" / "bad.mp4").write_bytes(b"bad")
+    manifest = _write_manifest(tmp_path, clips[:1])
+    run_batch(manifest, log=_quiet, dub_fn=fake_dub)  # clip 0 is finished before the run we watch
+    capfd.readouterr()
+    manifest = _write_manifest(tmp_path, clips)
+    lines = []
+    summary = run_batch(manifest, workers=2, executor=executor, log=lines.append, progress=True, dub_fn=fake_dub)
+    err = capfd.readouterr().err
+    assert [c.status for c in summary.clips] == ["skipped", "done", "done", "failed"]
+    final = _final_bar(err)
+    assert "4/4" in final and "clip" in final and "done 2, failed 1, skipped 1" in final, final
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", final), final  # elapsed < remaining (the ETA)
+    assert any(line.startswith("[4/4]") or line.startswith("[3/4]") for line in lines)  # log lines still come, written above the bar
+
+
+def _final_bar(err: str) -> str:
+    """The last state of the batch bar in captured stderr."""
+    return [part for part in err.replace("\r", "\n").splitlines() if part.startswith("batch")][-1]

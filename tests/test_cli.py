@@ -7,7 +7,7 @@ import yaml
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit.errors import EXIT_CODES
+from latentdub.toolkit.core.errors import EXIT_CODES
 
 
 def run(*args):

@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 import pytest
 
-from latentdub.toolkit.config import parse_config
-from latentdub.toolkit.errors import ConfigError
-from latentdub.toolkit.masks import TEMPLATE_68, region_mask
-from latentdub.toolkit.plugins import get_component
-from latentdub.toolkit.types import Alignment
+from latentdub.toolkit.core.config import parse_config
+from latentdub.toolkit.core.errors import ConfigError
+from latentdub.toolkit.faces.masks import TEMPLATE_68, region_mask
+from latentdub.toolkit.core.plugins import get_component
+from latentdub.toolkit.core.types import Alignment
 
 CROP = 256
 

@@ -8,8 +8,8 @@ from typing import Annotated, Literal, Optional
 
 import pytest
 
-from latentdub.toolkit.config import WEIGHT_FILE, Pattern, PowerOfTwo, Range, config_to_dict, marked_settings, parse_config
-from latentdub.toolkit.errors import ConfigError
+from latentdub.toolkit.core.config import NAMES_WEIGHTS, Pattern, PowerOfTwo, Range, config_to_dict, marked_settings, parse_config
+from latentdub.toolkit.core.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Checked:
     side: Annotated[int, PowerOfTwo(ge=8, le=1024)] = 64
     rate: Annotated[str, Pattern(r"[1-9][0-9]*k", "a bitrate such as 128k")] = "160k"
     weights: tuple[Annotated[float, Range(ge=0, le=1)], ...] = (0.5,)
-    checkpoint: Annotated[Optional[str], WEIGHT_FILE] = None
+    checkpoint: Annotated[Optional[str], NAMES_WEIGHTS] = None
     start: float = 0.0
     end: Optional[float] = None
 
@@ -84,5 +84,5 @@ def test_values_inside_the_ranges_pass_and_markers_are_listed():
     cfg = parse_config(Checked, {"crf": 0, "fps": 29.97, "side": 1024, "weights": [0, 1], "end": 3}, "s")
     assert (cfg.crf, cfg.fps, cfg.side, cfg.weights, cfg.end) == (0, 29.97, 1024, (0.0, 1.0), 3.0)
     assert parse_config(Checked, {"fps": None}, "s").fps is None
-    assert marked_settings(Checked, WEIGHT_FILE) == ["checkpoint"]
+    assert marked_settings(Checked, NAMES_WEIGHTS) == ["checkpoint"]
     assert str(Range()) == "any finite number" and str(Range(gt=0, le=1)) == "> 0 and <= 1"

@@ -17,11 +17,11 @@ import pytest
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit import plugins
-from latentdub.toolkit.dataset import find_clips, load_manifest, make_splits, prepare_dataset, read_shard, read_split, read_speaker_map, shard_path
-from latentdub.toolkit.errors import BadInputError
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.video import read_frames
+from latentdub.toolkit.core import plugins
+from latentdub.toolkit.learning.dataset import find_clips, load_manifest, make_splits, prepare_dataset, read_shard, read_split, read_speaker_map, shard_path
+from latentdub.toolkit.core.errors import BadInputError
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.media.video import read_frames
 
 from . import media
 

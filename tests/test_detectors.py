@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentdub.toolkit.config import parse_config
-from latentdub.toolkit.context import BuildContext
-from latentdub.toolkit.errors import ConfigError, MissingWeightsError
-from latentdub.toolkit.plugins import get_component
-from latentdub.toolkit.protocols import Detector
-from latentdub.toolkit.video import read_frames
+from latentdub.toolkit.core.config import parse_config
+from latentdub.toolkit.core.build import BuildContext
+from latentdub.toolkit.core.errors import ConfigError, MissingWeightsError
+from latentdub.toolkit.core.plugins import get_component
+from latentdub.toolkit.core.protocols import Detector
+from latentdub.toolkit.media.video import read_frames
 
 
 def _context(log=None) -> BuildContext:

@@ -9,8 +9,8 @@ import yaml
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit.audio import load_audio
-from latentdub.toolkit.video import probe_video, read_frames
+from latentdub.toolkit.media.audio import load_audio
+from latentdub.toolkit.media.video import probe_video, read_frames
 
 from . import media
 
@@ -135,7 +135,7 @@ def test_speech_edits_from_the_preset(pair, tmp_path):
 
 def test_references_come_from_the_analysis_pass(pair, tmp_path, monkeypatch):
     """The clip is decoded twice (analysis, synthesis), not a third time for the reference crops."""
-    from latentdub.toolkit import pipeline
+    from latentdub.toolkit.dubbing import pipeline
 
     video, speech = pair
     opened = []
@@ -152,10 +152,10 @@ def test_references_come_from_the_analysis_pass(pair, tmp_path, monkeypatch):
 
 def test_references_fall_back_to_decoding_when_no_kept_frame_shows_the_face(pair):
     """If none of the frames kept in pass 1 has the face, the reference frames are decoded from the clip."""
-    from latentdub.toolkit import pipeline
-    from latentdub.toolkit.faces import analyse_video
-    from latentdub.toolkit.plugins import get_component
-    from latentdub.toolkit.presets import TrackConfig
+    from latentdub.toolkit.dubbing import pipeline
+    from latentdub.toolkit.faces.track import analyse_video
+    from latentdub.toolkit.core.plugins import get_component
+    from latentdub.toolkit.core.presets import TrackConfig
 
     video = pair[0]
     comp = get_component("detector", "dlib")

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from latentdub.toolkit.errors import BadInputError
-from latentdub.toolkit.evaluate import ClipPair, evaluate, pair_inputs, paired_frames
-from latentdub.toolkit.types import Frame
+from latentdub.toolkit.core.errors import BadInputError
+from latentdub.toolkit.core.types import ClipPair
+from latentdub.toolkit.evaluation.evaluate import evaluate, pair_inputs, paired_frames
+from latentdub.toolkit.core.types import Frame
 
 MAX_FRAMES = 25
 SHORT = 12  # enough for SyncNet windows (6+ frames) and a covariance
@@ -181,7 +182,7 @@ def test_evaluate_against_a_prepared_dataset_split(grid_clips, tmp_path):
     dataset = tmp_path / "dataset"
     (dataset / "splits").mkdir(parents=True)
     clips = {p.stem: {"speaker": p.stem[:2], "source": str(p), "status": "done"} for p in grid_clips[:3]}
-    from latentdub.toolkit.dataset import FORMAT
+    from latentdub.toolkit.learning.dataset import FORMAT
 
     (dataset / "manifest.json").write_text(json.dumps({"format": FORMAT, "clips": clips}))
     (dataset / "splits" / "test.txt").write_text("".join(f"{c}\n" for c in list(clips)[:2]))
@@ -196,3 +197,32 @@ def test_evaluate_against_a_prepared_dataset_split(grid_clips, tmp_path):
     text = json.dumps(data)
     assert all(c in text for c in list(clips)[:2]) and list(clips)[2] not in text
     assert "100" in result.output  # identical clips: PSNR at its cap
+
+
+def test_evaluate_plot_draws_per_frame_scores_over_time(grid_clips, tmp_path, no_weights):
+    """--plot: per-frame PSNR, SSIM and LMD of each clip over time; the series are the frames the means average."""
+    from PIL import Image
+
+    from latentdub.cli import cli
+
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    for stem, g, r in (("a", "bbaf2n", "brbk7n"), ("b", "lbbc2a", "lbbc2a")):
+        (gen / f"{stem}.mpg").symlink_to(_clip(grid_clips, g))
+        (ref / f"{stem}.mpg").symlink_to(_clip(grid_clips, r))
+    result = evaluate(gen, ref, metrics=["psnr", "ssim", "lmd"], max_frames=SHORT)
+    for clip in result.clips:
+        times, values = clip.series["PSNR"]
+        assert len(times) == len(values) == SHORT and np.allclose(np.diff(times), 1 / 25)
+        assert np.nanmean(values) == pytest.approx(clip.values["PSNR"])
+        assert np.nanmean(clip.series["LMD"][1]) == pytest.approx(clip.values["LMD"])
+    assert np.all(result.clips[1].series["PSNR"][1] == 100.0)  # a clip against itself, frame by frame
+    plot = tmp_path / "scores.png"
+    cli_result = CliRunner().invoke(cli, ["evaluate", str(gen), str(ref), "--metrics", "psnr,ssim,lmd,fid", "--max-frames", str(SHORT), "--plot", str(plot), "-q"])
+    assert cli_result.exit_code == 0, cli_result.output
+    image = np.asarray(Image.open(plot).convert("RGB"))
+    assert image.shape[0] > 600 and image.std() > 10  # three panels (FID is unavailable, PSNR/SSIM/LMD drawn)
+    bad = CliRunner().invoke(cli, ["evaluate", str(gen), str(ref), "--plot", str(tmp_path / "scores.gif")])
+    assert bad.exit_code == 2 and "scores.gif: unknown plot type .gif; use .png, .svg, .pdf" in bad.output
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))

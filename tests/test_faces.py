@@ -8,12 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
-from latentdub.toolkit import faces as F
-from latentdub.toolkit.masks import mouth_opening
-from latentdub.toolkit.errors import BadInputError, NoFaceError
-from latentdub.toolkit.presets import TrackConfig
-from latentdub.toolkit.types import Face, Frame
-from latentdub.toolkit.video import read_frames
+from latentdub.toolkit.faces import align as A
+from latentdub.toolkit.faces import track as F
+from latentdub.toolkit.faces.masks import mouth_opening
+from latentdub.toolkit.core.errors import BadInputError, NoFaceError
+from latentdub.toolkit.core.presets import TrackConfig
+from latentdub.toolkit.core.types import Face, Frame
+from latentdub.toolkit.media.video import read_frames
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +58,11 @@ def _second_difference(series: np.ndarray) -> float:
 def test_alignment_inverse_is_exact_on_real_landmarks(clip0, dlib_detector):
     face = dlib_detector.detect(clip0[0])[0]
     for scale in (0.8, 1.0, 1.3):
-        align = F.ffhq_alignment(face.landmarks68, 256, scale=scale)
+        align = A.ffhq_alignment(face.landmarks68, 256, scale=scale)
         back = align.invert(align.apply(face.landmarks68))
         assert np.abs(back - face.landmarks68).max() < 1e-3
     # 5 and 68 points give the same transform
-    np.testing.assert_allclose(F.ffhq_alignment(face.landmarks5, 256).matrix, F.ffhq_alignment(face.landmarks68, 256).matrix, atol=1e-4)
+    np.testing.assert_allclose(A.ffhq_alignment(face.landmarks5, 256).matrix, A.ffhq_alignment(face.landmarks68, 256).matrix, atol=1e-4)
 
 
 def test_alignment_is_invariant_to_rotation_scale_and_shift(clip0, dlib_detector):
@@ -69,8 +70,8 @@ def test_alignment_is_invariant_to_rotation_scale_and_shift(clip0, dlib_detector
     theta, s, shift = np.deg2rad(25.0), 1.7, np.array([40.0, -13.0])
     rot = s * np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     moved = pts @ rot.T + shift
-    a = F.ffhq_alignment(pts, 256).apply(pts)
-    b = F.ffhq_alignment(moved, 256).apply(moved)
+    a = A.ffhq_alignment(pts, 256).apply(pts)
+    b = A.ffhq_alignment(moved, 256).apply(moved)
     np.testing.assert_allclose(a, b, atol=1e-3)
     # canonical layout: eyes level, left of centre / right of centre, mouth below
     assert abs(a[0, 1] - a[1, 1]) < 0.1 * 256 and a[0, 0] < 128 < a[1, 0] and a[3, 1] > a[0, 1] + 40
@@ -79,7 +80,7 @@ def test_alignment_is_invariant_to_rotation_scale_and_shift(clip0, dlib_detector
 def test_alignment_geometry_follows_the_ffhq_recipe():
     # a frontal, level face: eyes 100 px apart, mouth 120 px below the eye midpoint
     pts = np.array([[100, 100], [200, 100], [150, 160], [120, 220], [180, 220]], np.float64)
-    align = F.ffhq_alignment(pts, 1024)
+    align = A.ffhq_alignment(pts, 1024)
     # crop half side = max(2 * 100, 1.8 * 120) = 216 px around (150, 112)
     corners = align.invert(np.array([[-0.5, -0.5], [1023.5, 1023.5]]))
     np.testing.assert_allclose(corners, [[150 - 216, 112 - 216], [150 + 216, 112 + 216]], atol=1e-3)
@@ -87,33 +88,33 @@ def test_alignment_geometry_follows_the_ffhq_recipe():
 
 def test_degenerate_landmarks_are_rejected():
     with pytest.raises(ValueError, match="degenerate"):
-        F.ffhq_alignment(np.zeros((5, 2)), 256)
+        A.ffhq_alignment(np.zeros((5, 2)), 256)
     with pytest.raises(ValueError, match=r"\[5, 2\] or \[68, 2\]"):
-        F.ffhq_alignment(np.zeros((4, 2)), 256)
+        A.ffhq_alignment(np.zeros((4, 2)), 256)
 
 
 def test_warp_to_crop_matches_a_full_frame_warp(clip0, dlib_detector):
     image = clip0[0]
     face = dlib_detector.detect(image)[0]
-    align = F.ffhq_alignment(face.landmarks5, 256)
-    crop = F.warp_to_crop(image, align)
+    align = A.ffhq_alignment(face.landmarks5, 256)
+    crop = A.warp_to_crop(image, align)
     full = cv2.warpAffine(image, align.matrix, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     assert crop.shape == (256, 256, 3) and crop.dtype == np.uint8
     # equal up to cv2's fixed-point rounding of the shifted sampling grid
     assert np.abs(crop.astype(int) - full).max() <= 1
     # a crop reaching past the frame's edge reflects the real edge
-    wide = F.ffhq_alignment(face.landmarks5, 256, scale=2.0)
+    wide = A.ffhq_alignment(face.landmarks5, 256, scale=2.0)
     full = cv2.warpAffine(image, wide.matrix, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    assert np.abs(F.warp_to_crop(image, wide).astype(int) - full).max() <= 1
+    assert np.abs(A.warp_to_crop(image, wide).astype(int) - full).max() <= 1
 
 
 def test_warp_to_crop_does_not_alias_when_shrinking(clip0, dlib_detector):
     image = clip0[0]
     face = dlib_detector.detect(image)[0]
     big = cv2.resize(image, None, fx=6, fy=6, interpolation=cv2.INTER_CUBIC)
-    ref = F.warp_to_crop(image, F.ffhq_alignment(face.landmarks5, 64))
-    shrunk = F.warp_to_crop(big, F.ffhq_alignment(face.landmarks5 * 6 + 2.5, 64))
-    naive = cv2.warpAffine(big, F.ffhq_alignment(face.landmarks5 * 6 + 2.5, 64).matrix, (64, 64), flags=cv2.INTER_LINEAR)
+    ref = A.warp_to_crop(image, A.ffhq_alignment(face.landmarks5, 64))
+    shrunk = A.warp_to_crop(big, A.ffhq_alignment(face.landmarks5 * 6 + 2.5, 64))
+    naive = cv2.warpAffine(big, A.ffhq_alignment(face.landmarks5 * 6 + 2.5, 64).matrix, (64, 64), flags=cv2.INTER_LINEAR)
     err = np.abs(shrunk.astype(float) - ref).mean()
     assert err < 4.0
     assert err < np.abs(naive.astype(float) - ref).mean()
@@ -121,8 +122,8 @@ def test_warp_to_crop_does_not_alias_when_shrinking(clip0, dlib_detector):
 
 def test_warp_to_frame_puts_the_crop_back(clip0, dlib_detector):
     image = clip0[0]
-    align = F.ffhq_alignment(dlib_detector.detect(image)[0].landmarks5, 256)
-    back, cover = F.warp_to_frame(F.warp_to_crop(image, align), align, image.shape)
+    align = A.ffhq_alignment(dlib_detector.detect(image)[0].landmarks5, 256)
+    back, cover = A.warp_to_frame(A.warp_to_crop(image, align), align, image.shape)
     assert back.shape == image.shape and cover.shape == image.shape[:2]
     inside = cover > 0.999
     assert inside.sum() > 0.2 * inside.size and cover.min() == 0.0
@@ -302,12 +303,12 @@ def test_video_without_faces(dlib_detector):
 
 
 def test_track_still_on_the_portrait(portrait, dlib_detector):
-    from latentdub.toolkit.video import read_image
+    from latentdub.toolkit.media.video import read_image
 
     image = read_image(portrait)
     tracked = F.track_still(image, dlib_detector, TrackConfig())
     assert tracked.face is not None and tracked.face.landmarks68 is not None
-    crop = F.warp_to_crop(image, tracked.alignment)
+    crop = A.warp_to_crop(image, tracked.alignment)
     lm = tracked.alignment.apply(tracked.face.landmarks5)
     assert crop.shape == (256, 256, 3) and 80 < lm[0, 0] < 128 < lm[1, 0] < 176
     none = F.track_still(np.full((64, 64, 3), 10, np.uint8), dlib_detector, TrackConfig())

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from latentdub.toolkit.errors import BadInputError, OutputError
-from latentdub.toolkit.files import (check_input_file, check_not_an_input, claim_outputs, file_lock, same_file, stale_temps,
+from latentdub.toolkit.core.errors import BadInputError, OutputError
+from latentdub.toolkit.core.files import (check_input_file, check_not_an_input, claim_outputs, file_lock, same_file, stale_temps,
                                      temp_beside, write_text_atomic)
 
 

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit import plugins, weights
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.plugins import KINDS
+from latentdub.toolkit.core import plugins, weights
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.plugins import KINDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,10 +34,12 @@ def _plugin_for(hook_name: str):
 
 COMPONENT_HOOKS = [
     ("detector", "register_detectors"),
+    ("face_embedder", "register_face_embedders"),
     ("encoder", "register_encoders"),
     ("generator", "register_generators"),
     ("motion", "register_motion_models"),
     ("renderer", "register_renderers"),
+    ("trainer", "register_trainers"),
     ("finetuner", "register_finetuners"),
     ("compositor", "register_compositors"),
     ("audio_features", "register_audio_features"),
@@ -56,7 +58,7 @@ def test_component_hook_registers_a_factory(kind, hook_name):
     try:
         comp = plugins.get_component(kind, "probe")
         assert comp.plugin == name and comp.config is ProbeConfig
-        from latentdub.toolkit.context import BuildContext
+        from latentdub.toolkit.core.build import BuildContext
 
         ctx = BuildContext(device="cpu", weights=lambda n: n, build=lambda s: None)
         assert comp.factory(ProbeConfig(level=3), ctx) == ("built", 3, "cpu")

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from latentdub.toolkit import metrics as M
-from latentdub.toolkit.errors import BadInputError
+from latentdub.toolkit.core.errors import BadInputError
+from latentdub.toolkit.evaluation import measures as M
 
 N_FRAMES = 30
 
 
 def _frames(path, n=N_FRAMES, start=0) -> list[np.ndarray]:
-    from latentdub.toolkit.video import read_frames
+    from latentdub.toolkit.media.video import read_frames
 
     out = []
     for frame in read_frames(path, start_frame=start):
@@ -32,7 +32,7 @@ def clip_frames(grid_clips) -> dict[str, list[np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def detector():
-    from latentdub.toolkit.plugins import get_component
+    from latentdub.toolkit.core.plugins import get_component
 
     component = get_component("detector", "dlib")
     return component.factory(component.config(), None)
@@ -141,7 +141,7 @@ def test_lmd_sum_and_normalised_variants(landmarks):
 def test_cpbd_decreases_as_blur_grows(clip_frames, portrait):
     import cv2
 
-    from latentdub.toolkit.video import read_image
+    from latentdub.toolkit.media.video import read_image
 
     for image in (clip_frames["bbaf2n"][0], clip_frames["brbk7n"][15], read_image(portrait)):
         scores = [M.cpbd(image if s == 0 else cv2.GaussianBlur(image, (0, 0), s)) for s in (0, 0.5, 1.0, 1.5, 3.0)]
@@ -224,7 +224,7 @@ def test_sync_scores_recover_a_known_offset():
 
 
 def test_syncnet_mfcc_frames_and_level_invariance(grid_clips):
-    from latentdub.toolkit.audio import load_audio
+    from latentdub.toolkit.media.audio import load_audio
 
     audio = load_audio(grid_clips[0], M.SYNCNET_SAMPLE_RATE).samples
     mfcc = M.syncnet_mfcc(audio)

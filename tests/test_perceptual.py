@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentdub.toolkit.errors import BadInputError, MissingWeightsError
-from latentdub.toolkit.perceptual import build_lpips, find_backbone, lpips_distance
+from latentdub.toolkit.core.errors import BadInputError, MissingWeightsError
+from latentdub.toolkit.learning.perceptual import build_lpips, find_backbone, lpips_distance
 
 
 def _quiet(msg: str) -> None:

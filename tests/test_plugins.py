@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit import plugins
-from latentdub.toolkit.build import Components
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.presets import resolve_preset
-from latentdub.toolkit.types import Face
+from latentdub.toolkit.core import plugins
+from latentdub.toolkit.core.build import Components
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.presets import resolve_preset
+from latentdub.toolkit.core.types import Face
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +94,7 @@ def _make_distribution(root, name, module_source):
 ENTRY_PLUGIN = """
     import dataclasses
     import numpy as np
-    from latentdub.toolkit.hookspecs import hookimpl
+    from latentdub.toolkit.core.hookspecs import hookimpl
 
     class Compositor:
         def composite(self, frame, rendered, alignment, landmarks):
@@ -143,7 +143,7 @@ def test_help_works_with_a_broken_plugin(tmp_path):
 
 
 def test_import_is_light():
-    code = "import sys, latentdub, latentdub.cli, latentdub.toolkit.plugins as p; p.components(); print(sorted(m for m in ('torch','dlib','facenet_pytorch','insightface','ray','lpips') if m in sys.modules))"
+    code = "import sys, latentdub, latentdub.cli, latentdub.toolkit.core.plugins as p; p.components(); print(sorted(m for m in ('torch','dlib','facenet_pytorch','insightface','ray','lpips') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from latentdub.toolkit.errors import ConfigError
-from latentdub.toolkit.presets import apply_overrides, preset_names, resolve_preset
+from latentdub.toolkit.core.errors import ConfigError
+from latentdub.toolkit.core.presets import apply_overrides, preset_names, resolve_preset
 
 
 def test_shipped_presets_exist():
-    assert {"tiny", "preview", "paper-256", "paper-1024"} <= set(preset_names())
+    assert {"tiny", "preview", "paper-256", "paper-1024", "neural-256", "neural-1024"} <= set(preset_names())
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -83,3 +83,39 @@ def test_override_switching_plugin_drops_old_settings():
     data = {"detector": {"plugin": "dlib", "upsample": 1}}
     out = apply_overrides(data, ["detector.plugin=mtcnn"])
     assert out["detector"] == {"plugin": "mtcnn"}
+
+
+def test_auto_takes_the_public_weights_path_when_there_is_no_stage_1_model(tmp_path, monkeypatch):
+    from latentdub.toolkit.core.presets import choose_auto_preset
+
+    monkeypatch.setenv("LATENTDUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LATENTDUB_WEIGHTS_DIR", str(tmp_path))
+    said = []
+    assert choose_auto_preset(said.append) == "preview"
+    assert "paper-1024 needs psp_ffhq_encode, audio2latent; neural-1024 needs psp_ffhq_encode" in said[-1]
+    (tmp_path / "psp_ffhq_encode.pt").write_bytes(b"weights")  # the public weights, no audio2latent
+    assert choose_auto_preset(said.append) == "neural-1024"
+    assert said[-1] == "preset auto: using neural-1024 (paper-1024 needs audio2latent)"
+    (tmp_path / "audio2latent.safetensors").write_bytes(b"a trained model")
+    assert choose_auto_preset(said.append) == "paper-1024"
+
+
+def test_fallback_preset_keeps_what_the_user_asked_of_the_result():
+    from latentdub.toolkit.core.presets import OFFLINE_PRESET, fallback_preset
+
+    preset = resolve_preset("neural-256", ["timing.length_policy=loop", "output.crf=7", "speech.fade_in=0.5", "motion.transcript=bin blue"])
+    assert preset.fallback == OFFLINE_PRESET and resolve_preset(OFFLINE_PRESET).fallback is None
+    chosen = fallback_preset(preset)
+    assert chosen.name == OFFLINE_PRESET and chosen.fallback is None and chosen.stages["renderer"].plugin == "warp"
+    assert chosen.timing.length_policy == "loop" and chosen.output.crf == 7 and chosen.speech.fade_in == 0.5
+    assert chosen.stages["motion"].config.transcript == "bin blue"
+    assert resolve_preset("neural-256", ["fallback=null"]).fallback is None
+    with pytest.raises(ConfigError, match="fallback"):
+        resolve_preset("neural-256", ["fallback=3"])
+
+
+def test_clipfit_validates_its_target_model():
+    preset = resolve_preset("neural-256", ["motion.targets.smoothing_ms=60"])
+    assert preset.stages["motion"].config.targets["smoothing_ms"] == 60.0  # defaults of the target model filled in
+    with pytest.raises(ConfigError, match="motion.targets.loudness"):
+        resolve_preset("neural-256", ["motion.targets.loudness=3"])

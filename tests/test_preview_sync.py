@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latentdub.toolkit.faces import analyse_video
-from latentdub.toolkit.masks import mouth_opening
-from latentdub.toolkit.pipeline import dub
-from latentdub.toolkit.plugins import get_component
-from latentdub.toolkit.presets import TrackConfig
-from latentdub.toolkit.video import read_frames
+from latentdub.toolkit.faces.track import analyse_video
+from latentdub.toolkit.faces.masks import mouth_opening
+from latentdub.toolkit.dubbing.pipeline import dub
+from latentdub.toolkit.core.plugins import get_component
+from latentdub.toolkit.core.presets import TrackConfig
+from latentdub.toolkit.media.video import read_frames
 
 pytestmark = pytest.mark.slow
 MAX_LAG = 3

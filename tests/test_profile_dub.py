@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit.video import read_frames
+from latentdub.toolkit.media.video import read_frames
 
 pytestmark = pytest.mark.slow
 TINY_TUNE = ["--preset", "tiny", "--set", "finetuner.steps=8", "--quiet"]

@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 
 from latentdub.cli import cli
-from latentdub.toolkit.build import Components
-from latentdub.toolkit.errors import BadInputError, NoFaceError
-from latentdub.toolkit.presets import resolve_preset
-from latentdub.toolkit.profiles import apply_profile, load_profile, read_profile_meta, save_profile
+from latentdub.toolkit.core.build import Components
+from latentdub.toolkit.core.errors import BadInputError, NoFaceError
+from latentdub.toolkit.core.presets import resolve_preset
+from latentdub.toolkit.learning.profiles import apply_profile, load_profile, read_profile_meta, save_profile
 
 from .test_pti import TINY as PTI_TINY
 from .test_pti import _quiet
@@ -136,7 +136,7 @@ def test_tune_refuses_a_picture_without_a_face(tmp_path):
 
 
 def test_tune_a_video_on_keyframes(grid_clips, tmp_path):
-    from latentdub.toolkit.tuning import tune
+    from latentdub.toolkit.learning.tuning import tune
 
     summary = tune(grid_clips[1], tmp_path / "speaker.profile", preset="tiny", overrides=TINY + ["finetuner.keyframes=4"], log=_quiet)
     profile = load_profile(summary.profile)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentdub.nets.checkpoints import load_generator
+from latentdub.nets.generator_files import load_generator
 from latentdub.nets.psp import (
     Encoder4Editing,
     GradualStyleEncoder,
@@ -18,8 +18,8 @@ from latentdub.nets.psp import (
     save_psp_checkpoint,
 )
 from latentdub.nets.stylegan2 import Generator
-from latentdub.toolkit.context import BuildContext
-from latentdub.toolkit.errors import BadInputError
+from latentdub.toolkit.core.build import BuildContext
+from latentdub.toolkit.core.errors import BadInputError
 
 D = 64
 TINY_ENC = dict(units=(1, 2, 1, 1), widths=(16, 24, 32, 48), style_dim=D, style_width=16)
@@ -172,7 +172,7 @@ def test_ir_se50_backbone_initialisation(tmp_path):
 
 
 def test_plugins_registered():
-    from latentdub.toolkit.plugins import get_component
+    from latentdub.toolkit.core.plugins import get_component
 
     assert get_component("encoder", "psp").config.__name__ == "PspConfig"
     assert get_component("encoder", "e4e").config.__name__ == "E4eConfig"
@@ -182,7 +182,7 @@ def test_plugins_registered():
 def test_plugin_random_init_matches_generator(tmp_path, name):
     from latentdub.plugins.psp import E4eConfig, PspConfig, build_e4e, build_psp
     from latentdub.plugins.stylegan2 import StyleGAN2Config, build_stylegan2
-    from latentdub.toolkit.protocols import Encoder
+    from latentdub.toolkit.core.protocols import Encoder
 
     gen = build_stylegan2(StyleGAN2Config(random_init=True, size=32, channel_max=16, style_dim=D), context(tmp_path))
     build, cfg_cls = (build_psp, PspConfig) if name == "psp" else (build_e4e, E4eConfig)

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from latentdub.toolkit.build import Components
-from latentdub.toolkit.errors import BadInputError, ConfigError
-from latentdub.toolkit.faces import analyse_video, ffhq_alignment, track_still, warp_to_crop
-from latentdub.toolkit.presets import resolve_preset
-from latentdub.toolkit.profiles import apply_profile, load_profile
-from latentdub.toolkit.video import probe_video, read_frames, read_image
+from latentdub.toolkit.core.build import Components
+from latentdub.toolkit.core.errors import BadInputError, ConfigError
+from latentdub.toolkit.faces.track import analyse_video, track_still
+from latentdub.toolkit.faces.align import ffhq_alignment, warp_to_crop
+from latentdub.toolkit.core.presets import resolve_preset
+from latentdub.toolkit.learning.profiles import apply_profile, load_profile
+from latentdub.toolkit.media.video import probe_video, read_frames, read_image
 
 #: A 32 px StyleGAN2 (32 channels, 2-layer mapping), tiny pSp, LPIPS (AlexNet) with a random trunk.
 TINY = [
@@ -137,7 +138,7 @@ def grid_track(grid_clips):
 
 
 def test_keyframes_cover_mouth_shapes(grid_track):
-    from latentdub.plugins.pti import keyframe_features, select_keyframes
+    from latentdub.toolkit.faces.track import keyframe_features, select_keyframes
 
     frames, feats = keyframe_features(grid_track)
     assert feats.shape == (len(frames), 4) and len(frames) > 60
@@ -161,7 +162,7 @@ def test_keyframes_cover_mouth_shapes(grid_track):
 
 
 def test_missing_lpips_backbone_fails_before_any_work(tmp_path, monkeypatch):
-    from latentdub.toolkit.errors import MissingWeightsError
+    from latentdub.toolkit.core.errors import MissingWeightsError
 
     monkeypatch.setenv("LATENTDUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("LATENTDUB_WEIGHTS_DIR", str(tmp_path / "none"))

@@ -15,13 +15,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentdub.nets.checkpoints import load_generator
+from latentdub.nets.generator_files import load_generator
 from latentdub.nets.nvidia_pkl import convert_nvidia_state_dict, generator_from_nvidia, load_nvidia_pkl
 from latentdub.nets.stylegan2 import (Generator, ModulatedConv2d, Upsample, compiled_synthesis, load_rosinality_checkpoint, load_safetensors,
                                       save_safetensors, upfirdn2d)
-from latentdub.toolkit.config import parse_config
-from latentdub.toolkit.context import BuildContext
-from latentdub.toolkit.errors import BadInputError, ConfigError, MissingWeightsError
+from latentdub.toolkit.core.build import BuildContext
+from latentdub.toolkit.core.config import parse_config
+from latentdub.toolkit.core.errors import BadInputError, ConfigError, MissingWeightsError
 
 TINY = dict(size=32, style_dim=64, n_mlp=2, channel_multiplier=2, channel_max=16)
 
@@ -331,7 +331,7 @@ def test_safetensors_round_trip(tmp_path):
 
 def test_plugin_random_init_is_seeded_and_fingerprinted(tmp_path):
     from latentdub.plugins.stylegan2 import StyleGAN2Config, build_stylegan2
-    from latentdub.toolkit.protocols import Generator as GeneratorProtocol
+    from latentdub.toolkit.core.protocols import Generator as GeneratorProtocol
 
     cfg = StyleGAN2Config(random_init=True, size=32, channel_max=16, style_dim=64)
     a = build_stylegan2(cfg, context(tmp_path, seed=5))
@@ -374,7 +374,7 @@ def test_plugin_loads_checkpoint_by_path_with_options(tmp_path):
 
 
 def test_plugin_registered_with_weights():
-    from latentdub.toolkit.plugins import get_component
+    from latentdub.toolkit.core.plugins import get_component
 
     comp = get_component("generator", "stylegan2")
     assert comp.config.__name__ == "StyleGAN2Config"

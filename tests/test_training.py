@@ -13,13 +13,13 @@ from click.testing import CliRunner
 
 from latentdub.cli import cli
 from latentdub.nets.audio2latent import load_checkpoint
-from latentdub.toolkit.audio import load_audio
-from latentdub.toolkit.build import Components
-from latentdub.toolkit.dataset import read_shard, shard_path
-from latentdub.toolkit.errors import MissingWeightsError
-from latentdub.toolkit.presets import resolve_preset
-from latentdub.toolkit.training import train
-from latentdub.toolkit.video import probe_video
+from latentdub.toolkit.media.audio import load_audio
+from latentdub.toolkit.core.build import Components
+from latentdub.toolkit.learning.dataset import read_shard, shard_path
+from latentdub.toolkit.core.errors import MissingWeightsError
+from latentdub.toolkit.core.presets import resolve_preset
+from latentdub.toolkit.learning.training import train
+from latentdub.toolkit.media.video import probe_video
 
 from .test_dataset import grid_dataset, probe_encoder  # noqa: F401  (module fixtures; the prepared dataset is reused)
 
@@ -116,7 +116,7 @@ def test_missing_lpips_backbone_names_the_fix(trained, tmp_path, monkeypatch):
 
 
 def test_trained_checkpoint_drives_animate(trained, portrait, tmp_path):
-    from latentdub.toolkit.pipeline import animate
+    from latentdub.toolkit.dubbing.pipeline import animate
 
     out = tmp_path / "talking.mp4"
     preset = resolve_preset(trained["preset"], [f"motion.checkpoint={trained['summary'].checkpoint}"])

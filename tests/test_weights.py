@@ -19,10 +19,10 @@ import pytest
 from click.testing import CliRunner
 
 from latentdub.commands.weights import weights as weights_cli
-from latentdub.toolkit import weights
-from latentdub.toolkit.errors import BadInputError, LatentdubError, MissingWeightsError
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.plugins import register_plugin, unregister_plugin
+from latentdub.toolkit.core import weights
+from latentdub.toolkit.core.errors import BadInputError, LatentdubError, MissingWeightsError
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.plugins import register_plugin, unregister_plugin
 
 PAYLOAD = os.urandom(3 * weights.CHUNK + 12345)  # several chunks, not a multiple of the chunk size
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -8,6 +8,7 @@ The public Python API mirrors the command line::
     latentdub.tune("actor.mp4", "actor.profile")
     latentdub.prepare_dataset("GRID/", "grid-data/", layout="grid")
     latentdub.train("grid-data/", "runs/grid")
+    latentdub.fit_directions("clips/", "mouth-directions.safetensors")
     latentdub.evaluate("out/", "reference/")
     latentdub.batch("manifest.yaml")
 
@@ -24,17 +25,18 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "dub": "latentdub.toolkit.pipeline:dub",
-    "animate": "latentdub.toolkit.pipeline:animate",
-    "tune": "latentdub.toolkit.tuning:tune",
-    "prepare_dataset": "latentdub.toolkit.dataset:prepare_dataset",
-    "train": "latentdub.toolkit.training:train",
-    "evaluate": "latentdub.toolkit.evaluate:evaluate",
-    "batch": "latentdub.toolkit.batch:run_batch",
-    "resolve_preset": "latentdub.toolkit.presets:resolve_preset",
-    "register_plugin": "latentdub.toolkit.plugins:register_plugin",
-    "unregister_plugin": "latentdub.toolkit.plugins:unregister_plugin",
-    "hookimpl": "latentdub.toolkit.hookspecs:hookimpl",
+    "dub": "latentdub.toolkit.dubbing.pipeline:dub",
+    "animate": "latentdub.toolkit.dubbing.pipeline:animate",
+    "tune": "latentdub.toolkit.learning.tuning:tune",
+    "prepare_dataset": "latentdub.toolkit.learning.dataset:prepare_dataset",
+    "train": "latentdub.toolkit.learning.training:train",
+    "fit_directions": "latentdub.toolkit.learning.directions:fit_directions",
+    "evaluate": "latentdub.toolkit.evaluation.evaluate:evaluate",
+    "batch": "latentdub.toolkit.batch.run:run_batch",
+    "resolve_preset": "latentdub.toolkit.core.presets:resolve_preset",
+    "register_plugin": "latentdub.toolkit.core.plugins:register_plugin",
+    "unregister_plugin": "latentdub.toolkit.core.plugins:unregister_plugin",
+    "hookimpl": "latentdub.toolkit.core.hookspecs:hookimpl",
 }
 
 __all__ = ["__version__", *_API]

@@ -3,7 +3,7 @@
 Commands are imported on first use and plugins are loaded only when a
 command needs them, so a broken plugin never breaks ``latentdub --help``.
 Errors print one line (``error: ...``) and exit with the code documented in
-:mod:`latentdub.toolkit.errors`; warnings and log lines of third-party
+:mod:`latentdub.toolkit.core.errors`; warnings and log lines of third-party
 libraries are kept off the terminal unless ``--debug`` is given.
 """
 
@@ -20,7 +20,7 @@ from typing import Iterator
 
 import click
 
-from .toolkit.errors import EXIT_CODES, EXIT_INTERRUPTED, LatentdubError
+from latentdub.toolkit.core.errors import EXIT_CODES, EXIT_INTERRUPTED, LatentdubError
 
 #: Loggers of libraries that print routine chatter (shown with --debug).
 NOISY_LOGGERS = ("torch", "numba", "librosa", "pydub", "onnxruntime", "insightface", "PIL", "matplotlib", "urllib3")
@@ -32,6 +32,7 @@ COMMANDS = {
     "tune": "latentdub.commands.tune:tune_command",
     "dataset": "latentdub.commands.dataset:dataset_group",
     "train": "latentdub.commands.train:train_command",
+    "directions": "latentdub.commands.directions:directions_group",
     "evaluate": "latentdub.commands.evaluate:evaluate_command",
     "batch": "latentdub.commands.batch:batch_command",
     "weights": "latentdub.commands.weights:weights",
@@ -50,7 +51,7 @@ class LazyGroup(click.Group):
         if not hasattr(self, "_extra"):
             self._extra: dict[str, click.Command] = {}
             try:
-                from .toolkit.plugins import get_plugin_manager
+                from latentdub.toolkit.core.plugins import get_plugin_manager
 
                 holder = click.Group()
                 get_plugin_manager().hook.register_commands(cli=holder)

@@ -9,7 +9,7 @@ import pytest
 
 from latentdub.plugins.mfcc import MfccFeatures
 from latentdub.plugins.viseme_motion import VisemeConfig, VisemeMotion
-from latentdub.toolkit.audio import load_audio
+from latentdub.toolkit.media.audio import load_audio
 
 SWWP2S = "id2_vcd_swwp2s.mpg"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from latentdub.toolkit.batch import run_batch
+from latentdub.toolkit.batch.run import run_batch
 
 
 def _manifest(folder: Path, grid_clips: list[Path], n: int) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latentdub.toolkit.types import Motion
+from latentdub.toolkit.core.types import Motion
 from tests.test_compositor import DlibLandmarks, align, build, crop_of, read_frames
 
 

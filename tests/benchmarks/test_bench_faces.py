@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latentdub.toolkit.faces import analyse_video
-from latentdub.toolkit.presets import TrackConfig
-from latentdub.toolkit.video import read_frames
+from latentdub.toolkit.faces.track import analyse_video
+from latentdub.toolkit.core.presets import TrackConfig
+from latentdub.toolkit.media.video import read_frames
 
 
 @pytest.fixture(scope="module")

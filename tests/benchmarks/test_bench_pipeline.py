@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from latentdub.toolkit.pipeline import dub
+from latentdub.toolkit.dubbing.pipeline import dub
 
 from .. import media
 
 PEAK_SCRIPT = """
 import json, resource, sys
-from latentdub.toolkit.pipeline import dub
+from latentdub.toolkit.dubbing.pipeline import dub
 s = dub(sys.argv[1], sys.argv[2], sys.argv[3], preset=sys.argv[4], log=lambda m: None)
 print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "frames": s.frames,
                   "seconds": sum(s.stage_seconds.values()), "stages": s.stage_seconds}))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentdub.toolkit.build import Components
-from latentdub.toolkit.presets import resolve_preset
+from latentdub.toolkit.core.build import Components
+from latentdub.toolkit.core.presets import resolve_preset
 
 TINY = [
     "generator.size=32", "generator.channel_max=32", "generator.n_mlp=2",

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from latentdub.nets.audio2latent import Audio2Latent, Audio2LatentSpec, predict_windows, random_pca
-from latentdub.toolkit.dataset import shard_path, write_shard
-from latentdub.toolkit.training import ClipSampler, Objective, TrainConfig
+from latentdub.toolkit.learning.dataset import shard_path, write_shard
+from latentdub.plugins.audio2latent import Objective, TrainConfig
+from latentdub.toolkit.learning.training import ClipSampler
 
 TINY = Audio2LatentSpec(n_styles=8, latent_dim=64, layers=(0, 1, 2, 3), components=8, conv_channels=(8, 16), audio_dim=32, hidden=64)
 PAPER = Audio2LatentSpec(n_styles=18, latent_dim=512)
@@ -75,7 +76,7 @@ def test_bench_tiny_training_step_with_lpips(benchmark, tmp_path):
     """One optimiser step with LPIPS (AlexNet, random backbone) on 2 frames per sequence of a 32 px StyleGAN2."""
     from latentdub.nets.stylegan2 import Generator
     from latentdub.plugins.stylegan2 import StyleGAN2Config, StyleGAN2Generator
-    from latentdub.toolkit.perceptual import build_lpips
+    from latentdub.toolkit.learning.perceptual import build_lpips
 
     ids = _dataset(tmp_path, TINY)
     model = _model(TINY)
@@ -102,8 +103,8 @@ def test_bench_motion_plugin_with_mfcc(benchmark, grid_clips):
     """``predict`` on 8 GRID sentences back to back (about 24 s, 600 frames): MFCC windows + tiny network."""
     from latentdub.plugins.audio2latent import Audio2LatentConfig, Audio2LatentMotion
     from latentdub.plugins.mfcc import MfccFeatures
-    from latentdub.toolkit.audio import load_audio
-    from latentdub.toolkit.types import Audio
+    from latentdub.toolkit.media.audio import load_audio
+    from latentdub.toolkit.core.types import Audio
 
     speech = Audio(np.concatenate([load_audio(c).samples for c in grid_clips]), 16000)
     config = Audio2LatentConfig(random_init=True, layers=TINY.layers, components=8, conv_channels=(8, 16), audio_dim=32, hidden=64)
@@ -119,7 +120,7 @@ def test_bench_cuda_paper_training_step(benchmark, tmp_path):
     """One step at paper size with the default TrainConfig: 16 x 32 frames, LPIPS (VGG, 256 px) on 1 frame per sequence of a 1024 px StyleGAN2."""
     from latentdub.nets.stylegan2 import Generator
     from latentdub.plugins.stylegan2 import StyleGAN2Config, StyleGAN2Generator
-    from latentdub.toolkit.perceptual import build_lpips
+    from latentdub.toolkit.learning.perceptual import build_lpips
 
     device = torch.device("cuda")
     ids = _dataset(tmp_path, PAPER, clips=8)

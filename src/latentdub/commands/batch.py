@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-#: Exit code when the batch finished but some clips failed (documented in toolkit.errors.EXIT_CODES).
+#: Exit code when the batch finished but some clips failed (documented in toolkit.core.errors.EXIT_CODES).
 EXIT_SOME_FAILED = 6
 
 
@@ -24,7 +24,7 @@ EXIT_SOME_FAILED = 6
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (same as --set device=...).")
 @click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the summary (FILE.csv and FILE.json; default beside the journal).")
-@click.option("--quiet", "-q", is_flag=True, help="Only the final table.")
+@click.option("--quiet", "-q", is_flag=True, help="Only the final table (no progress bars or log lines).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs this batch's journal did not make (its own are redone only when they changed).")
 @click.pass_context
 def batch_command(ctx, manifest, workers, executor, ray_address, retries, preset, overrides, device, summary, quiet, overwrite):
@@ -34,14 +34,14 @@ def batch_command(ctx, manifest, workers, executor, ray_address, retries, preset
     again skips clips that are finished and still verify, redoes interrupted
     ones and retries failures. Exits 6 when some clips failed.
     """
-    from ..toolkit.batch import run_batch
+    from latentdub.toolkit.batch.run import run_batch
 
     executor = executor or ("inline" if workers == 1 else "local")
     log = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     result = run_batch(
         manifest, workers=workers, executor=executor, ray_address=ray_address, retries=retries, preset=preset,
         overrides=[*overrides, *([f"device={device}"] if device else [])], log=log,
-        progress=not quiet and executor == "inline", summary=summary, verbose=not quiet, overwrite=overwrite,
+        progress=not quiet, summary=summary, verbose=not quiet, overwrite=overwrite,
     )
     click.echo("\n".join(result.lines()))
     if not result.ok:

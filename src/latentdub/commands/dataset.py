@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..toolkit.dataset import LAYOUTS
+from latentdub.toolkit.learning.dataset import LAYOUTS
 from .options import load_preset, maybe_dry_run, preset_options
 
 
@@ -31,7 +31,7 @@ def prepare_command(source_dir, out_dir, layout, speaker_map, val_fraction, test
     Writes one shard per clip, manifest.json and speaker-disjoint
     splits/{train,val,test}.txt to OUTPUT; a second run skips finished clips.
     """
-    from ..toolkit.dataset import prepare_dataset
+    from latentdub.toolkit.learning.dataset import prepare_dataset
 
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     resolved = load_preset(preset, tuple(overrides), device, log)

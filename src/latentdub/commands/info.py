@@ -10,8 +10,8 @@ import click
 @click.option("--traceback", "show_traceback", is_flag=True, help="Show the traceback of each plugin that failed.")
 def plugins_command(components: bool, show_traceback: bool) -> None:
     """List loaded plugins, their hooks and versions, and plugins that failed to load."""
-    from ..toolkit.plugins import components as all_components
-    from ..toolkit.plugins import failed_plugins, plugin_report
+    from latentdub.toolkit.core.plugins import components as all_components
+    from latentdub.toolkit.core.plugins import failed_plugins, plugin_report
 
     for row in plugin_report():
         version = f" ({row['version']})" if row["version"] else ""
@@ -34,7 +34,7 @@ def presets_group() -> None:
 @presets_group.command("list")
 def presets_list() -> None:
     """Shipped presets with their descriptions."""
-    from ..toolkit.presets import load_preset_data, preset_names
+    from latentdub.toolkit.core.presets import load_preset_data, preset_names
 
     for name in preset_names():
         click.echo(f"{name}: {load_preset_data(name).get('description', '')}")
@@ -44,7 +44,7 @@ def presets_list() -> None:
 @click.argument("name")
 def presets_show(name: str) -> None:
     """Print preset NAME (or a YAML path) fully resolved, every default filled in."""
-    from ..toolkit.presets import resolve_preset
+    from latentdub.toolkit.core.presets import resolve_preset
 
     click.echo(resolve_preset(name).to_yaml(), nl=False)
 
@@ -58,11 +58,11 @@ def doctor_command() -> None:
 
     import torch
 
-    from ..toolkit import weights
-    from ..toolkit.devices import resolve_device
-    from ..toolkit.plugins import failed_plugins, plugin_report
-    from ..toolkit.presets import choose_auto_preset
-    from ..toolkit.video import ffmpeg_exe
+    from latentdub.toolkit.core import weights
+    from latentdub.toolkit.core.devices import resolve_device
+    from latentdub.toolkit.core.plugins import failed_plugins, plugin_report
+    from latentdub.toolkit.core.presets import choose_auto_preset
+    from latentdub.toolkit.media.video import ffmpeg_exe
 
     click.echo(f"python {platform.python_version()}, torch {torch.__version__}; device auto -> {resolve_device('auto')}")
     version = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout.split("\n")[0]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
 import click
 
-from ..toolkit.presets import Preset, resolve_preset
+from latentdub.toolkit.core.presets import Preset, resolve_preset
 
 
 def preset_options(func: Callable) -> Callable:
@@ -37,12 +38,21 @@ def overwrite_option(func: Callable) -> Callable:
 
 def load_preset(preset: str, overrides: tuple[str, ...], device: str | None, log: Callable[[str], None]) -> Preset:
     """Resolve the preset named on the command line, with overrides applied."""
-    from ..toolkit.presets import choose_auto_preset
+    from latentdub.toolkit.core.presets import choose_auto_preset
 
     extra = list(overrides) + ([f"device={device}"] if device else [])
     if preset == "auto":
         preset = choose_auto_preset(log)
     return resolve_preset(preset, extra)
+
+
+def transcript_override(transcript: str | None) -> list[str]:
+    """The ``motion.transcript`` override for ``transcript`` (the spoken text, or a text file holding it); none for None."""
+    if not transcript:
+        return []
+    path = Path(transcript)
+    text = path.read_text().strip() if path.is_file() else transcript
+    return [f"motion.transcript={json.dumps(text)}"]  # a JSON string is a YAML string, whatever quotes the text holds
 
 
 def maybe_dry_run(preset: Preset, dry_run: bool) -> bool:

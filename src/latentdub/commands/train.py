@@ -21,7 +21,7 @@ def train_command(dataset_dir, run_dir, steps, resume, preset, overrides, device
     Hyperparameters are the preset's motion.train settings, e.g.
     --set motion.train.lr=3e-4 --set motion.train.batch_size=32.
     """
-    from ..toolkit.training import train
+    from latentdub.toolkit.learning.training import train
 
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     resolved = load_preset(preset, tuple(overrides), device, log)

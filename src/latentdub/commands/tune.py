@@ -17,7 +17,7 @@ from .run import _log
 @overwrite_option
 def tune_command(source, output, preset, overrides, device, dry_run, quiet, overwrite):
     """Tune the generator to the person in IMAGE_OR_VIDEO (pivotal tuning) and write the profile OUTPUT."""
-    from ..toolkit.tuning import tune
+    from latentdub.toolkit.learning.tuning import tune
 
     log = _log(quiet)
     resolved = load_preset(preset, tuple(overrides), device, log)

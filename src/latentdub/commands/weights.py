@@ -1,6 +1,6 @@
 """``latentdub weights``: list, fetch, verify and locate named weights.
 
-Errors propagate as :class:`~latentdub.toolkit.errors.LatentdubError`; the
+Errors propagate as :class:`~latentdub.toolkit.core.errors.LatentdubError`; the
 top-level CLI turns them into ``error: <message>`` and the class's exit code.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 
-from latentdub.toolkit import weights as registry
-from latentdub.toolkit.errors import MissingWeightsError
+from latentdub.toolkit.core import weights as registry
+from latentdub.toolkit.core.errors import MissingWeightsError
 
 
 def _human(size: int) -> str:

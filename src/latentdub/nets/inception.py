@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import load_strict, torch_load
+from .safe_load import load_strict, torch_load
 
 #: Side (px) the FID network resizes its input to.
 FID_INPUT_SIZE = 299

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..toolkit.errors import BadInputError
-from .checkpoints import load_strict, strip_prefix, torch_load
+from latentdub.toolkit.core.errors import BadInputError
+from .safe_load import load_strict, strip_prefix, torch_load
 from .stylegan2 import EqualLinear, Generator, generator_from_state_dict
 
 #: Residual units per stage for each official depth.

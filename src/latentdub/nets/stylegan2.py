@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..toolkit.errors import BadInputError
-from .checkpoints import load_strict, torch_load
+from latentdub.toolkit.core.errors import BadInputError
+from .safe_load import load_strict, torch_load
 
 SQRT2 = math.sqrt(2.0)
 BLUR_KERNEL = (1, 3, 3, 1)
@@ -606,7 +606,7 @@ def load_safetensors(path: Path | str, map_location: Any = "cpu") -> tuple[Gener
 
     path = Path(path)
     if not path.is_file():
-        from ..toolkit.errors import MissingWeightsError
+        from latentdub.toolkit.core.errors import MissingWeightsError
 
         raise MissingWeightsError(f"{path}: weight file not found")
     try:

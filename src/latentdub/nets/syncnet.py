@@ -22,7 +22,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from .checkpoints import load_strict, torch_load
+from .safe_load import load_strict, torch_load
 
 #: Side of the square face crops SyncNet takes (px).
 SYNCNET_CROP = 224

@@ -1,6 +1,6 @@
 """Motion model ``audio2latent``: the paper's Stage 1 (speech -> W+ displacement of the identity).
 
-``predict`` returns :class:`~latentdub.toolkit.types.Motion` of kind
+``predict`` returns :class:`~latentdub.toolkit.core.types.Motion` of kind
 ``wplus-offset`` in compact form: ``codes`` float32 ``[T, k]`` are subspace
 coefficients and ``extra["basis"]`` float32 ``[k, L, 512]`` maps them to W+
 displacements (``offset_t = codes[t] @ basis``, zero off ``extra["layers"]``),
@@ -9,26 +9,202 @@ processed in overlapping windows, so memory does not grow with its length.
 
 The network comes from a checkpoint written by ``latentdub train``
 (``checkpoint``: a path or a registered weight name) or, for tests,
-``random_init``. Training settings live in ``train`` (see
-:class:`~latentdub.toolkit.training.TrainConfig`) so presets validate them.
+``random_init``. Training settings live in ``train`` (:class:`TrainConfig`,
+which extends the core loop's settings) so presets validate them; the
+trainer (:class:`Audio2LatentTrainer`) is registered through
+``register_trainers`` and driven by :mod:`latentdub.toolkit.learning.training`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any, Literal, Optional
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import numpy as np
 
-from latentdub.toolkit.config import WEIGHT_FILE, Range
-from latentdub.toolkit.errors import BadInputError, ConfigError, MissingWeightsError, PluginError
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.training import TrainConfig
-from latentdub.toolkit.types import Audio, Motion
+from latentdub.toolkit.core.config import NAMES_WEIGHTS, Range
+from latentdub.toolkit.core.errors import BadInputError, ConfigError, MissingWeightsError, PluginError
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.learning.training import LoopConfig
+from latentdub.toolkit.core.types import Audio, Motion
 
 #: Registered weight name of a trained model (no public download: train your own).
 WEIGHT_NAME = "audio2latent"
 WEIGHT_FILE = "audio2latent.safetensors"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(LoopConfig):
+    """Training settings of audio2latent (preset key ``motion.train``): the loop's (:class:`LoopConfig`) and these.
+
+    ``latent_weight``/``lpips_weight``: loss weights (``lpips_weight: 0``
+    skips the generator entirely); ``lpips_frames``: frames per sequence
+    rendered for LPIPS; ``lpips_size``: px LPIPS is computed at (images are
+    area-downsampled when larger); ``lpips_net``: ``vgg`` or ``alex``;
+    ``lpips_weights``: torchvision backbone file or weight name (None: the
+    registry's); ``lpips_random_backbone``: allow an untrained backbone
+    (tests only: the loss is then no perceptual loss); ``pca_center``:
+    ``clip`` (V spans motion within clips) or ``global`` (V spans all
+    latents); ``pca_frames``: most frames used to fit V;
+    ``mixed_precision``: bf16 autocast on CUDA.
+    """
+
+    latent_weight: Annotated[float, Range(ge=0)] = 1.0
+    lpips_weight: Annotated[float, Range(ge=0)] = 10.0
+    lpips_frames: Annotated[int, Range(ge=1)] = 1
+    lpips_size: Annotated[int, Range(ge=32, le=1024)] = 256
+    lpips_net: Literal["vgg", "alex"] = "vgg"
+    lpips_weights: Annotated[Optional[str], NAMES_WEIGHTS] = None
+    lpips_random_backbone: bool = False
+    pca_center: Literal["clip", "global"] = "clip"
+    pca_frames: Annotated[int, Range(ge=1)] = 50000
+    mixed_precision: bool = True
+
+    def check(self, where: str) -> None:
+        """Raise :class:`ConfigError` unless at least one loss has a weight."""
+        if self.latent_weight + self.lpips_weight == 0:
+            raise ConfigError(f"{where}.latent_weight / {where}.lpips_weight: both are 0; give at least one loss a weight > 0")
+
+
+# --------------------------------------------------------------------------- training objective
+
+
+class Objective:
+    """Computes ``(loss, latent, lpips)`` of a batch; LPIPS parts are None when ``lpips_weight`` is 0."""
+
+    def __init__(self, model: Any, config: TrainConfig, device: Any, generator: Any = None, lpips: Any = None) -> None:
+        self.model = model
+        self.config = config
+        self.device = device
+        self.generator = generator
+        self.lpips = lpips
+        self.layers = list(model.spec.layers)
+
+    def __call__(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[Any, float, float]:
+        import torch
+
+        from latentdub.toolkit.learning.perceptual import lpips_distance
+
+        t = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+        valid, latents, identity = t["valid"], t["latents"], t["identity"]
+        use_amp = self.config.mixed_precision and self.device.type == "cuda"
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            coeffs = self.model(t["features"], identity)  # [B, S, k]
+        moved = identity[:, None, self.layers] + self.model.expand(coeffs.float())[:, :, self.layers]  # [B, S, |layers|, D]
+        err = (moved - latents[:, :, self.layers]).flatten(2).norm(dim=-1)  # [B, S]
+        latent_loss = (err * valid).sum() / valid.sum().clamp_min(1.0)
+        loss = self.config.latent_weight * latent_loss
+        lpips_value = float("nan")
+        if self.config.lpips_weight > 0:
+            b_idx, s_idx = [], []
+            for b in range(valid.shape[0]):
+                rows = np.flatnonzero(batch["valid"][b])
+                for s in rng.choice(rows, size=min(self.config.lpips_frames, len(rows)), replace=False):
+                    b_idx.append(b)
+                    s_idx.append(int(s))
+            if b_idx:
+                target_w = latents[b_idx, s_idx]  # [N, L, D]
+                # as the renderer's `subspace` mode: the target's own motion inside V is swapped for the prediction
+                own = self.model.project(target_w) - self.model.project(identity[b_idx])  # [N, k]
+                pred_w = target_w + self.model.expand(coeffs.float()[b_idx, s_idx] - own).to(target_w.dtype)
+                with torch.no_grad():
+                    target = self.generator.synthesize(target_w)
+                pred = self.generator.synthesize(pred_w)
+                lp = lpips_distance(self.lpips, pred, target, size=self.config.lpips_size).mean()
+                loss = loss + self.config.lpips_weight * lp
+                lpips_value = float(lp.detach())
+        return loss, float(latent_loss.detach()), lpips_value
+
+
+def _build_lpips(config: TrainConfig, device: Any, seed: int, log: Callable[[str], None]) -> Any:
+    from latentdub.toolkit.learning.perceptual import build_lpips
+
+    try:
+        return build_lpips(device, net=config.lpips_net, backbone_weights=config.lpips_weights, random_backbone=config.lpips_random_backbone, seed=seed, log=log)
+    except MissingWeightsError as exc:
+        raise MissingWeightsError(
+            f"{exc}; or train without the perceptual loss: --set motion.train.lpips_weight=0"
+            + ("" if config.lpips_random_backbone else " (random backbones are for tests only: motion.train.lpips_random_backbone)")
+        ) from None
+
+
+class Audio2LatentTrainer:
+    """Implements :class:`~latentdub.toolkit.core.protocols.Trainer` for audio2latent (driven by ``latentdub train``).
+
+    ``start`` fits the PCA subspace V on the training latents (or loads a
+    checkpoint to resume); the loss is ``latent_weight * L_latent +
+    lpips_weight * L_lpips`` (:class:`Objective`).
+    """
+
+    loss_parts = ("latent", "lpips")
+    final_name = WEIGHT_FILE
+
+    def __init__(self, config: "Audio2LatentConfig", context: Any) -> None:
+        self.config = config
+        self.loop: TrainConfig = config.train
+        self.context = context
+        self.model: Any = None
+        self.objective: Optional[Objective] = None
+
+    def start(self, data: Any, checkpoint: Optional[Path]) -> list[str]:
+        """Build V and the network from ``data`` (a :class:`~latentdub.toolkit.learning.training.TrainingData`), or load ``checkpoint``."""
+        import torch
+
+        from latentdub.nets.audio2latent import Audio2Latent, fit_pca, load_checkpoint
+
+        tc, device, log = self.loop, self.context.device, self.context.log
+        notes: list[str] = []
+        if checkpoint is not None:
+            self.model, _ = load_checkpoint(checkpoint, map_location=device)
+        else:
+            model = Audio2Latent(self.config.spec(data.n_styles, data.latent_dim, data.window, data.coeffs))
+            lat, groups = data.train.pca_latents(tc.pca_frames, np.random.default_rng([data.seed, 7]))
+            mean, basis, std, explained = fit_pca(
+                torch.from_numpy(lat), torch.from_numpy(groups) if tc.pca_center == "clip" else None, model.spec.layers, model.spec.components
+            )
+            model.set_pca(mean, basis, std)
+            log(f"PCA: {model.spec.components} components over layers {list(model.spec.layers)} from {len(lat)} frames explain {explained:.1%} of the {tc.pca_center}-centred variance")
+            self.model = model.to(device)
+        generator = lpips = None
+        if tc.lpips_weight > 0:
+            generator = self.context.build("generator")
+            if int(generator.n_styles) != data.n_styles:
+                raise BadInputError(f"{data.path}: latents have {data.n_styles} styles but the preset's generator takes {generator.n_styles}; use the preset the dataset was prepared with")
+            generator.module.requires_grad_(False).eval()
+            lpips = _build_lpips(tc, device, data.seed, log)
+            if tc.lpips_random_backbone:
+                notes.append("LPIPS used a RANDOM backbone (motion.train.lpips_random_backbone): the perceptual term is a wiring check, not a perceptual loss")
+        self.objective = Objective(self.model, tc, device, generator, lpips)
+        return notes
+
+    def parameters(self) -> Any:
+        """The trainable parameters (E_A and D)."""
+        return self.model.parameters()
+
+    def train(self, mode: bool) -> None:
+        """Switch the network between training and evaluation mode."""
+        self.model.train(mode)
+
+    def loss(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[Any, dict[str, float]]:
+        """``(loss tensor, {"latent": ..., "lpips": ...})`` of one batch."""
+        assert self.objective is not None, "start() first"
+        loss, latent, lpips = self.objective(batch, rng)
+        return loss, {"latent": latent, "lpips": lpips}
+
+    def save(self, path: Path, extra: dict[str, Any]) -> Path:
+        """Write the model as a safetensors checkpoint (config and ``extra`` in its metadata)."""
+        from latentdub.nets.audio2latent import save_checkpoint
+
+        save_checkpoint(self.model, path, extra)
+        return path
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready architecture of the model (``spec``)."""
+        return {"spec": dataclasses.asdict(self.model.spec)}
+
+
+# --------------------------------------------------------------------------- the motion model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +225,7 @@ class Audio2LatentConfig:
     decoder's 3 dense layers. ``train``: training hyperparameters.
     """
 
-    checkpoint: Annotated[Optional[str], WEIGHT_FILE] = None
+    checkpoint: Annotated[Optional[str], NAMES_WEIGHTS] = None
     random_init: bool = False
     gain: Annotated[float, Range(ge=0, le=10)] = 1.0
     window: Annotated[int, Range(ge=1)] = 250
@@ -87,8 +263,13 @@ def register_motion_models(register):
 
 
 @hookimpl
+def register_trainers(register):
+    register("audio2latent", Audio2LatentTrainer, config=Audio2LatentConfig, summary="trains audio2latent: PCA subspace, then L_latent + L_lpips")
+
+
+@hookimpl
 def register_weights(register):
-    from latentdub.toolkit.weights import WeightSpec
+    from latentdub.toolkit.core.weights import WeightSpec
 
     register(WeightSpec(
         WEIGHT_NAME, WEIGHT_FILE, url="", sha256="", size=0, licence="yours (trained with `latentdub train`)",

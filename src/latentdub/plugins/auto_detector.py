@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from latentdub.toolkit.errors import MissingWeightsError, PluginError
-from latentdub.toolkit.hookspecs import hookimpl
+from latentdub.toolkit.core.errors import MissingWeightsError, PluginError
+from latentdub.toolkit.core.hookspecs import hookimpl
 
 ENV_DIR = "LATENTDUB_INSIGHTFACE_DIR"
 

@@ -20,11 +20,11 @@ from typing import Annotated, Any, Optional
 
 import numpy as np
 
-from latentdub.toolkit.config import WEIGHT_FILE, Range
-from latentdub.toolkit.errors import BadInputError, MissingWeightsError
-from latentdub.toolkit.faces import five_from_68
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.types import Face
+from latentdub.toolkit.core.config import NAMES_WEIGHTS, NoConfig, Range
+from latentdub.toolkit.core.errors import BadInputError, MissingWeightsError
+from latentdub.toolkit.faces.align import ffhq_alignment, five_from_68, warp_to_crop
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.types import Face
 
 PACKAGE = "face_recognition_models"
 
@@ -45,7 +45,7 @@ class DlibConfig:
     upsample: Annotated[int, Range(ge=0, le=3)] = 0
     min_score: Annotated[float, Range(ge=0, le=1)] = 0.5
     max_side: Annotated[int, Range(ge=0)] = 640
-    predictor: Annotated[Optional[Path], WEIGHT_FILE] = None
+    predictor: Annotated[Optional[Path], NAMES_WEIGHTS] = None
 
 
 def model_file(name: str) -> Path:
@@ -128,11 +128,23 @@ class DlibDetector:
         return Face(box=np.asarray(box, np.float32), score=float(score), landmarks5=five_from_68(pts), landmarks68=pts)
 
 
-def load_face_embedder():
-    """dlib's ResNet face embedder (128-d, takes 150x150 aligned chips)."""
-    import dlib
+class DlibEmbedder:
+    """dlib's ResNet face embedding (128-d); distances below ~0.6 usually mean the same person.
 
-    return dlib.face_recognition_model_v1(str(model_file("dlib_face_recognition_resnet_model_v1.dat")))
+    Faces are aligned with :func:`~latentdub.toolkit.faces.align.ffhq_alignment`
+    zoomed to dlib's chip framing (padding 0.25) at 150 px, the input the
+    network was trained on.
+    """
+
+    def __init__(self) -> None:
+        import dlib
+
+        self._model = dlib.face_recognition_model_v1(str(model_file("dlib_face_recognition_resnet_model_v1.dat")))
+
+    def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
+        """float32 ``[128]`` for ``face`` in uint8 RGB ``image``."""
+        chip = warp_to_crop(image, ffhq_alignment(face.landmarks5, 150, scale=0.75))
+        return np.asarray(self._model.compute_face_descriptor(chip), np.float32)
 
 
 def build_dlib(config: DlibConfig, context) -> DlibDetector:
@@ -143,3 +155,8 @@ def build_dlib(config: DlibConfig, context) -> DlibDetector:
 @hookimpl
 def register_detectors(register):
     register("dlib", build_dlib, config=DlibConfig, summary="dlib HOG + 68-point landmarks (offline, CPU, fast)")
+
+
+@hookimpl
+def register_face_embedders(register):
+    register("dlib", lambda config, context: DlibEmbedder(), config=NoConfig, summary="dlib ResNet 128-d face embedding (offline, CPU)")

@@ -20,10 +20,10 @@ from typing import Annotated
 
 import numpy as np
 
-from latentdub.toolkit.config import Range
-from latentdub.toolkit.errors import MissingWeightsError
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.types import Face
+from latentdub.toolkit.core.config import Range
+from latentdub.toolkit.core.errors import MissingWeightsError
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.types import Face
 
 HOW_TO_GET = (
     "download an insightface model pack (e.g. buffalo_l: det_10g.onnx, 1k3d68.onnx; non-commercial licence) "
@@ -99,7 +99,7 @@ class InsightfaceDetector:
             if five is None:
                 if dense is None:
                     continue
-                from latentdub.toolkit.faces import five_from_68
+                from latentdub.toolkit.faces.align import five_from_68
 
                 five = five_from_68(dense)
             faces.append(Face(box=box, score=score, landmarks5=five, landmarks68=dense))

@@ -8,7 +8,7 @@ pytorch-fid port of TensorFlow's 2015-12-05 Inception) and LSE needs
 unavailable. ``random_init`` swaps in a tiny random network of the same
 structure, for wiring tests only (its numbers mean nothing).
 
-Definitions are in :mod:`latentdub.toolkit.metrics` and docs/evaluation.md.
+Definitions are in :mod:`latentdub.toolkit.evaluation.measures` and docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Annotated, ClassVar, Literal, Optional
 
 import numpy as np
 
-from latentdub.toolkit import metrics as M
-from latentdub.toolkit.config import WEIGHT_FILE, Range
-from latentdub.toolkit.errors import BadInputError
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.weights import WeightSpec
+from latentdub.toolkit.evaluation import measures as M
+from latentdub.toolkit.core.config import NAMES_WEIGHTS, Range
+from latentdub.toolkit.core.errors import BadInputError
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.weights import WeightSpec
 
 FID_WEIGHTS = "fid-inception"
 SYNCNET_WEIGHTS = "syncnet-v2"
@@ -93,7 +93,7 @@ class FidConfig(RegionConfig):
     """
 
     columns: ClassVar[tuple[str, ...]] = ("FID",)
-    weights: Annotated[str, WEIGHT_FILE] = FID_WEIGHTS
+    weights: Annotated[str, NAMES_WEIGHTS] = FID_WEIGHTS
     batch_size: Annotated[int, Range(ge=1)] = 32
     random_init: bool = False
 
@@ -110,7 +110,7 @@ class LseConfig:
     """
 
     columns: ClassVar[tuple[str, ...]] = ("LSE-D", "LSE-C")
-    weights: Annotated[str, WEIGHT_FILE] = SYNCNET_WEIGHTS
+    weights: Annotated[str, NAMES_WEIGHTS] = SYNCNET_WEIGHTS
     vshift: Annotated[int, Range(ge=0, le=100)] = 15
     crop_scale: Annotated[float, Range(ge=0, le=2)] = 0.4
     batch_size: Annotated[int, Range(ge=1)] = 16
@@ -124,7 +124,7 @@ def _regions(pair, config: RegionConfig) -> Optional[tuple[np.ndarray, np.ndarra
     """(generated, reference) images of the configured region, or None when the face is missing."""
     if config.region == "frame":
         return pair.generated, pair.reference
-    from latentdub.toolkit.faces import ffhq_alignment, warp_to_crop
+    from latentdub.toolkit.faces.align import ffhq_alignment, warp_to_crop
 
     face = pair.reference_face()
     if face is None:
@@ -135,21 +135,32 @@ def _regions(pair, config: RegionConfig) -> Optional[tuple[np.ndarray, np.ndarra
 
 
 class _FrameMean:
-    """Scorer averaging a per-frame value; frames it cannot score are counted in a note."""
+    """Scorer averaging a per-frame value; frames it cannot score are counted in a note.
+
+    It keeps each pair's time and value (NaN when unscored) for :meth:`series`.
+    """
 
     def __init__(self, column: str, score) -> None:
         self.column = column
         self.score = score
         self.values: list[float] = []
+        self.times: list[float] = []
+        self.per_frame: list[float] = []
         self.skipped = 0
         self.notes: dict[str, str] = {}
 
     def add(self, pair) -> None:
         value = self.score(pair)
+        self.times.append(float(pair.time))
+        self.per_frame.append(math.nan if value is None else float(value))
         if value is None:
             self.skipped += 1
         else:
             self.values.append(value)
+
+    def series(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``{column: (times s, values)}`` float64 ``[pairs]`` each, NaN where a pair was not scored."""
+        return {self.column: (np.array(self.times), np.array(self.per_frame))}
 
     def result(self) -> dict[str, float]:
         total = len(self.values) + self.skipped
@@ -351,7 +362,7 @@ class _LseScorer:
         self._previous = (pair.time, crop)
 
     def result(self) -> dict[str, float]:
-        from latentdub.toolkit.audio import load_audio
+        from latentdub.toolkit.media.audio import load_audio
 
         if self._previous is not None:
             last_time, last_crop = self._previous

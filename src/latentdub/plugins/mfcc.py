@@ -5,7 +5,7 @@ Registers the audio feature extractor ``mfcc``. Speech is resampled to
 (``win_ms`` Hann window, ``n_mels`` mel bands, log power floored at the
 fixed level :data:`LOG_FLOOR`, so a frame's features depend only on the audio
 in its window) and c0 (overall level) is dropped. Video frame ``t`` is at
-``t / fps`` seconds (the convention of :mod:`latentdub.toolkit.timing`); its
+``t / fps`` seconds (the convention of :mod:`latentdub.toolkit.dubbing.timing`); its
 window holds the ``window`` MFCC frames whose centres are
 ``(c - window // 2 + k) * hop`` for ``k = 0 .. window-1``, with ``c`` the
 hop nearest to ``t / fps``. Defaults give ATVGnet's 28 x 12 window, 0.28 s
@@ -20,10 +20,10 @@ from typing import Annotated, Any
 
 import numpy as np
 
-from latentdub.toolkit.config import Range
-from latentdub.toolkit.errors import BadInputError, ConfigError
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.types import Audio
+from latentdub.toolkit.core.config import Range
+from latentdub.toolkit.core.errors import BadInputError, ConfigError
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.types import Audio
 
 #: Floor of the mel power before the log (librosa's power scale, where a
 #: full-scale 1 kHz tone peaks at about +22 dB): -60 dB, ~80 dB below full scale.
@@ -97,7 +97,7 @@ class MfccFeatures:
         """One ``[window, n_mfcc]`` window per frame ``t`` centred on ``t / fps`` s: float32 ``[n_frames, window, n_mfcc]``."""
         if not fps > 0 or n_frames < 0:
             raise BadInputError(f"audio_features: need fps > 0 and n_frames >= 0, got fps={fps}, n_frames={n_frames}")
-        from latentdub.toolkit.audio import resample
+        from latentdub.toolkit.media.audio import resample
 
         cfg = self.config
         x = resample(audio, self.sample_rate).samples

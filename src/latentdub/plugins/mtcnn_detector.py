@@ -11,10 +11,10 @@ from typing import Annotated
 
 import numpy as np
 
-from latentdub.toolkit.config import Range
-from latentdub.toolkit.errors import ConfigError
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.types import Face
+from latentdub.toolkit.core.config import Range
+from latentdub.toolkit.core.errors import ConfigError
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.types import Face
 
 
 @dataclasses.dataclass(frozen=True)

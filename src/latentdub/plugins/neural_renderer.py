@@ -34,10 +34,10 @@ from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 
-from latentdub.toolkit.config import Range
-from latentdub.toolkit.errors import BadInputError, PluginError
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.types import Motion
+from latentdub.toolkit.core.config import Range
+from latentdub.toolkit.core.errors import BadInputError, PluginError
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.types import Motion
 
 
 @dataclasses.dataclass(frozen=True)

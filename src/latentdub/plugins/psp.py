@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal, Optional
 
-from latentdub.toolkit.config import WEIGHT_FILE, PowerOfTwo, Range
-from latentdub.toolkit.hookspecs import hookimpl
+from latentdub.toolkit.core.config import NAMES_WEIGHTS, PowerOfTwo, Range
+from latentdub.toolkit.core.hookspecs import hookimpl
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -28,7 +28,7 @@ class PspConfig:
     ``precision``: autocast dtype; ``channels_last``: NHWC convs; ``batch_size``: images per pass.
     """
 
-    checkpoint: Annotated[Optional[str], WEIGHT_FILE] = "psp_ffhq_encode"
+    checkpoint: Annotated[Optional[str], NAMES_WEIGHTS] = "psp_ffhq_encode"
     random_init: bool = False
     output_size: Annotated[int, PowerOfTwo(ge=8, le=2048)] = 64
     style_dim: Annotated[int, Range(ge=1)] = 512
@@ -44,7 +44,7 @@ class PspConfig:
 class E4eConfig(PspConfig):
     """Settings of the e4e encoder (as ``psp``; default weights ``e4e_ffhq_encode``)."""
 
-    checkpoint: Annotated[Optional[str], WEIGHT_FILE] = "e4e_ffhq_encode"
+    checkpoint: Annotated[Optional[str], NAMES_WEIGHTS] = "e4e_ffhq_encode"
 
 
 @hookimpl
@@ -69,7 +69,7 @@ def _build(config: PspConfig, context, encoder_type: str) -> "PspEncoder":
     import torch
 
     from latentdub.nets.psp import PspModel, build_encoder, load_psp_checkpoint
-    from latentdub.toolkit.errors import ConfigError
+    from latentdub.toolkit.core.errors import ConfigError
 
     if config.random_init:
         log2 = int(round(math.log2(config.output_size)))
@@ -125,7 +125,7 @@ def _generator_mean(context, style_dim: int) -> Any:
     """The preset generator's mean W when it has one (so random codes decode near the mean), else zeros."""
     import torch
 
-    from latentdub.toolkit.errors import LatentdubError
+    from latentdub.toolkit.core.errors import LatentdubError
 
     try:
         avg = context.build("generator").latent_avg
@@ -137,7 +137,7 @@ def _generator_mean(context, style_dim: int) -> Any:
 
 
 class PspEncoder:
-    """Implements :class:`~latentdub.toolkit.protocols.Encoder`; ``model`` is the :class:`~latentdub.nets.psp.PspModel`."""
+    """Implements :class:`~latentdub.toolkit.core.protocols.Encoder`; ``model`` is the :class:`~latentdub.nets.psp.PspModel`."""
 
     def __init__(self, model: Any, config: PspConfig, device: Any) -> None:
         import torch
@@ -156,7 +156,7 @@ class PspEncoder:
 
         images = torch.as_tensor(images, dtype=torch.float32, device=self.device)
         if images.ndim != 4 or images.shape[1] != 3:
-            from latentdub.toolkit.errors import BadInputError
+            from latentdub.toolkit.core.errors import BadInputError
 
             raise BadInputError(f"images of shape {tuple(images.shape)}: encoder expects [B, 3, H, W] in [-1, 1]")
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)

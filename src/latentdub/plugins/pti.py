@@ -13,9 +13,9 @@
    (``locality_weight * (L2 + LPIPS)``). Training stops early once the
    mean LPIPS over all pivots drops below ``lpips_threshold``.
 3. The result is written as an identity profile
-   (:mod:`latentdub.toolkit.profiles`); the generator given is not changed.
+   (:mod:`latentdub.toolkit.learning.profiles`); the generator given is not changed.
 
-Video keyframes (:func:`select_keyframes`) cover the mouth shapes and head
+Video keyframes (:func:`latentdub.toolkit.faces.track.select_keyframes`) cover the mouth shapes and head
 poses of the clip by farthest-point sampling in a standardised landmark
 feature space.
 """
@@ -31,10 +31,10 @@ from typing import Annotated, Any, Callable, Literal, Optional
 
 import numpy as np
 
-from latentdub.toolkit.config import WEIGHT_FILE, Range
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.perceptual import BACKBONES
-from latentdub.toolkit.weights import WeightSpec
+from latentdub.toolkit.core.config import NAMES_WEIGHTS, Range
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.learning.perceptual import BACKBONES
+from latentdub.toolkit.core.weights import WeightSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +81,7 @@ class PtiConfig:
     keyframes: Annotated[int, Range(ge=1)] = 8
     batch_size: Annotated[int, Range(ge=1)] = 1
     lpips_net: Literal["vgg", "alex"] = "vgg"
-    lpips_weights: Annotated[Optional[str], WEIGHT_FILE] = None
+    lpips_weights: Annotated[Optional[str], NAMES_WEIGHTS] = None
     lpips_random_backbone: bool = False
     lpips_size: Annotated[int, Range(ge=32, le=1024)] = 256
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -116,86 +116,13 @@ def register_weights(register):
 def build_pti(config: PtiConfig, context: Any) -> "PtiFinetuner":
     """Factory: checks the LPIPS backbone is on disk; networks are built when :meth:`PtiFinetuner.tune` runs."""
     if not config.lpips_random_backbone:  # fail before any work when the LPIPS backbone is missing
-        from latentdub.toolkit.perceptual import find_backbone
+        from latentdub.toolkit.learning.perceptual import find_backbone
 
         if config.lpips_weights is not None:
             context.weights(config.lpips_weights)
         else:
             find_backbone(config.lpips_net)
     return PtiFinetuner(config, seed=context.seed if config.seed is None else config.seed, log=context.log)
-
-
-# --------------------------------------------------------------------------- keyframes
-
-
-def keyframe_features(track: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Frames with a face and their shape/pose features.
-
-    Returns ``(frames int64 [M], features float64 [M, F])`` with columns mouth
-    opening and mouth width (over the inter-ocular distance; opening only
-    with 68 points), yaw proxy (nose offset along the eye axis over the
-    inter-ocular distance) and pitch proxy (nose offset across it over the
-    eye-to-mouth distance). Detected frames are preferred over bridged ones.
-    """
-    from latentdub.toolkit.faces import BRIDGED, NO_FACE
-
-    status = np.asarray(track.status)
-    lm5 = np.asarray(track.landmarks5, np.float64)
-    ok = (status != NO_FACE) & np.isfinite(lm5).all(axis=(1, 2))
-    if track.landmarks68 is not None:
-        ok &= np.isfinite(np.asarray(track.landmarks68)).all(axis=(1, 2))
-    measured = ok & (status != BRIDGED)
-    frames = np.flatnonzero(measured if measured.any() else ok)
-    pts = lm5[frames]
-    eye_l, eye_r, nose, mouth_l, mouth_r = (pts[:, i] for i in range(5))
-    eye_mid, mouth_mid = (eye_l + eye_r) / 2, (mouth_l + mouth_r) / 2
-    axis = eye_r - eye_l
-    ocular = np.maximum(np.linalg.norm(axis, axis=1), 1e-6)
-    x_hat = axis / ocular[:, None]
-    y_hat = np.stack([-x_hat[:, 1], x_hat[:, 0]], axis=1)
-    rel = nose - eye_mid
-    face_h = np.maximum(np.einsum("ij,ij->i", mouth_mid - eye_mid, y_hat), 1e-6)
-    yaw = np.einsum("ij,ij->i", rel, x_hat) / ocular
-    pitch = np.einsum("ij,ij->i", rel, y_hat) / face_h
-    width = np.linalg.norm(mouth_r - mouth_l, axis=1) / ocular
-    columns = [width, yaw, pitch]
-    if track.landmarks68 is not None:
-        from latentdub.toolkit.masks import mouth_opening
-
-        columns.insert(0, np.array([mouth_opening(track.landmarks68[i]) for i in frames]))
-    return frames.astype(np.int64), np.stack(columns, axis=1)
-
-
-def select_keyframes(track: Any, k: int) -> list[int]:
-    """Up to ``k`` frame indices (sorted) spanning the mouth shapes and poses of ``track``.
-
-    Features (:func:`keyframe_features`) are clipped to their 2nd-98th
-    percentiles (landmark glitches do not win) and standardised; the first
-    pick is the track's most frontal confident frame (else the frame nearest
-    the median), then farthest-point sampling adds the frame farthest from
-    all picks so far. Raises :class:`NoFaceError` when no frame has a face.
-    """
-    from latentdub.toolkit.errors import NoFaceError
-
-    frames, feats = keyframe_features(track)
-    if len(frames) == 0:
-        raise NoFaceError(f"no face in any of the {track.n_frames} frames to choose keyframes from")
-    lo, hi = np.percentile(feats, [2, 98], axis=0)
-    feats = np.clip(feats, lo, hi)
-    spread = feats.std(axis=0)
-    z = np.where(spread > 1e-9, (feats - feats.mean(axis=0)) / np.maximum(spread, 1e-9), 0.0)
-    best = int(getattr(track, "best_frame", -1))
-    hits = np.flatnonzero(frames == best)
-    first = int(hits[0]) if len(hits) else int(np.argmin(np.linalg.norm(z - np.median(z, axis=0), axis=1)))
-    picks = [first]
-    dist = np.linalg.norm(z - z[first], axis=1)
-    while len(picks) < min(k, len(frames)):
-        nxt = int(np.argmax(dist))
-        if dist[nxt] <= 0 and len(picks) >= 1:
-            break  # the remaining frames repeat picked ones
-        picks.append(nxt)
-        dist = np.minimum(dist, np.linalg.norm(z - z[nxt], axis=1))
-    return sorted(int(frames[i]) for i in picks)
 
 
 # --------------------------------------------------------------------------- tuning
@@ -273,7 +200,7 @@ class TuneNetworks:
         return self.generator.synthesize(w)
 
     def require_mapping(self, what: str) -> None:
-        from latentdub.toolkit.errors import PluginError
+        from latentdub.toolkit.core.errors import PluginError
 
         if not self.direct:
             raise PluginError(f"finetuner pti: {what} needs a generator module with mapping() and synthesize_wplus() (latentdub's stylegan2); set finetuner.pivots=encoder and finetuner.locality=false")
@@ -315,7 +242,7 @@ def _noise_penalty(noises: list) -> Any:
 
 
 class PtiFinetuner:
-    """Implements :class:`~latentdub.toolkit.protocols.Finetuner` (see the module docstring)."""
+    """Implements :class:`~latentdub.toolkit.core.protocols.Finetuner` (see the module docstring)."""
 
     def __init__(self, config: PtiConfig, seed: int = 0, log: Callable[[str], None] = print) -> None:
         self.config = config
@@ -346,14 +273,14 @@ class PtiFinetuner:
 
     def lpips(self, device: Any) -> Any:
         """The LPIPS module of this config on ``device``."""
-        from latentdub.toolkit.perceptual import build_lpips
+        from latentdub.toolkit.learning.perceptual import build_lpips
 
         c = self.config
         return build_lpips(device, net=c.lpips_net, backbone_weights=c.lpips_weights, random_backbone=c.lpips_random_backbone, seed=self.seed, log=self.log)
 
     def _distance(self, lpips: Any, a: Any, b: Any, nets: TuneNetworks) -> tuple[Any, Any]:
         """Per-image (L2, LPIPS), each ``[B]`` float32."""
-        from latentdub.toolkit.perceptual import lpips_distance
+        from latentdub.toolkit.learning.perceptual import lpips_distance
 
         l2 = ((a - b) ** 2).flatten(1).mean(1)
         with nets.autocast():
@@ -367,7 +294,7 @@ class PtiFinetuner:
         import torch
         import torch.nn.functional as F
 
-        from latentdub.toolkit.errors import BadInputError, ConfigError
+        from latentdub.toolkit.core.errors import BadInputError, ConfigError
 
         if encoder is None:
             raise ConfigError("finetuner.pivots=encoder needs an encoder stage in the preset; add `encoder: {plugin: psp}` or set finetuner.pivots=optimise_wplus")
@@ -507,8 +434,8 @@ class PtiFinetuner:
         """
         import torch
 
-        from latentdub.toolkit.errors import BadInputError
-        from latentdub.toolkit.profiles import save_profile
+        from latentdub.toolkit.core.errors import BadInputError
+        from latentdub.toolkit.learning.profiles import save_profile
 
         c = self.config
         crops = np.asarray(crops)

@@ -15,11 +15,11 @@ from typing import Annotated, Literal
 import cv2
 import numpy as np
 
-from latentdub.toolkit.config import Range
-from latentdub.toolkit.errors import BadInputError
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.masks import Region, region_mask
-from latentdub.toolkit.types import Alignment
+from latentdub.toolkit.core.config import Range
+from latentdub.toolkit.core.errors import BadInputError
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.faces.masks import Region, region_mask
+from latentdub.toolkit.core.types import Alignment
 
 #: Feather-band pixels (0 < alpha < 1) needed before colour statistics are trusted.
 _MIN_RING_PIXELS = 32

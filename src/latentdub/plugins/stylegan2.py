@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal, Optional
 
-from latentdub.toolkit.config import WEIGHT_FILE, PowerOfTwo, Range
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.weights import WeightSpec
+from latentdub.toolkit.core.config import NAMES_WEIGHTS, PowerOfTwo, Range
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.weights import WeightSpec
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -36,7 +36,7 @@ class StyleGAN2Config:
     None keeps ``size``. ``compile``: wrap inference in ``torch.compile`` (slow first call).
     """
 
-    checkpoint: Annotated[Optional[str], WEIGHT_FILE] = "stylegan2-ffhq-config-f"
+    checkpoint: Annotated[Optional[str], NAMES_WEIGHTS] = "stylegan2-ffhq-config-f"
     random_init: bool = False
     size: Annotated[int, PowerOfTwo(ge=8, le=2048)] = 64
     channel_multiplier: Annotated[int, Range(ge=1, le=8)] = 2
@@ -113,9 +113,9 @@ def build_stylegan2(config: StyleGAN2Config, context) -> "StyleGAN2Generator":
     """Load (or randomly initialise) the generator on ``context.device``."""
     import torch
 
-    from latentdub.nets.checkpoints import load_generator
+    from latentdub.nets.generator_files import load_generator
     from latentdub.nets.stylegan2 import Generator
-    from latentdub.toolkit.errors import ConfigError
+    from latentdub.toolkit.core.errors import ConfigError
 
     if config.random_init:
         with torch.random.fork_rng(devices=[]):
@@ -130,14 +130,14 @@ def build_stylegan2(config: StyleGAN2Config, context) -> "StyleGAN2Generator":
         gen.latent_avg = latent_avg.float()
     generator = StyleGAN2Generator(gen, config, context.device)
     if context.profile is not None:
-        from latentdub.toolkit.profiles import apply_profile
+        from latentdub.toolkit.learning.profiles import apply_profile
 
         apply_profile(generator, context.profile)
     return generator
 
 
 class StyleGAN2Generator:
-    """Implements :class:`~latentdub.toolkit.protocols.Generator` around :class:`latentdub.nets.stylegan2.Generator`.
+    """Implements :class:`~latentdub.toolkit.core.protocols.Generator` around :class:`latentdub.nets.stylegan2.Generator`.
 
     ``module`` is the trainable network (PTI tunes it in place); ``synthesize`` keeps gradients,
     so wrap calls in ``torch.no_grad()`` for inference.
@@ -181,7 +181,7 @@ class StyleGAN2Generator:
         if w.ndim == 2:
             w = w[:, None, :].expand(-1, self.n_styles, -1)
         if w.ndim != 3 or w.shape[1:] != (self.n_styles, self.style_dim):
-            from latentdub.toolkit.errors import BadInputError
+            from latentdub.toolkit.core.errors import BadInputError
 
             raise BadInputError(f"latents of shape {tuple(w.shape)}: generator expects [B, {self.n_styles}, {self.style_dim}]")
         out = []

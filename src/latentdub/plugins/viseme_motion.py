@@ -2,10 +2,10 @@
 
 Registers the motion model ``visemes`` (kind ``mouth``): codes float32
 ``[T, 3]`` = (opening, width, protrusion) per output frame, see
-:data:`latentdub.toolkit.phonemes.VISEME_SHAPES` for the targets.
+:data:`latentdub.toolkit.media.phonemes.VISEME_SHAPES` for the targets.
 
 Pipeline: resample to 16 kHz; phones by forced alignment of a transcript or
-by phone recognition (:mod:`latentdub.toolkit.phonemes`); each phone becomes
+by phone recognition (:mod:`latentdub.toolkit.media.phonemes`); each phone becomes
 one viseme target spanning it (diphthongs two); targets are blended with
 dominance functions (Cohen and Massaro 1993 style): a target weighs
 ``dominance * exp(-(d / tau)^2)`` at distance ``d`` seconds outside its span,
@@ -13,7 +13,7 @@ dominance functions (Cohen and Massaro 1993 style): a target weighs
 the targets. Bilabials have a high dominance so P/B/M closures still close
 the lips, tongue consonants borrow the opening of their vowels. Frame ``t``
 is sampled at ``t / fps - latency_ms / 1000`` s (the timing convention of
-:mod:`latentdub.toolkit.timing`). Recognised phones during which the
+:mod:`latentdub.toolkit.dubbing.timing`). Recognised phones during which the
 300-3000 Hz band stays under the noise gate become silence. The ``energy``
 fallback maps that band's level (noise gate -> 0, loud speech -> 0.25) to the
 opening only; width and protrusion stay 0.
@@ -27,10 +27,10 @@ from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 
-from latentdub.toolkit.config import Range
-from latentdub.toolkit.errors import BadInputError
-from latentdub.toolkit.hookspecs import hookimpl
-from latentdub.toolkit.types import Audio, Motion
+from latentdub.toolkit.core.config import Range
+from latentdub.toolkit.core.errors import BadInputError
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.types import Audio, Motion
 
 
 #: Targets farther than this many ``tau`` from a frame are ignored (weight < exp(-25)).
@@ -91,7 +91,7 @@ class VisemeMotion:
         self.transcript = self._read_transcript(config)
         if config.method == "align" and self.transcript is None:
             raise BadInputError("motion.method: 'align' needs motion.transcript or motion.transcript_file; set one or use method: recognize")
-        from latentdub.toolkit.phonemes import shared_decoder
+        from latentdub.toolkit.media.phonemes import shared_decoder
 
         self.decoder = shared_decoder()
 
@@ -131,7 +131,7 @@ class VisemeMotion:
         """Mouth codes float32 ``[n_frames, 3]`` for frames at ``t / fps`` s; ``identity`` is unused."""
         if not fps > 0 or n_frames < 0:
             raise BadInputError(f"motion: need fps > 0 and n_frames >= 0, got fps={fps}, n_frames={n_frames}")
-        from latentdub.toolkit.audio import resample
+        from latentdub.toolkit.media.audio import resample
 
         audio = resample(audio, self.sample_rate)
         times = np.arange(n_frames, dtype=np.float64) / fps - self.config.latency_ms / 1000.0
@@ -157,7 +157,7 @@ def blend_visemes(segments: list[Any], times: np.ndarray, smoothing_ms: float, c
     Frames are blended ``chunk`` at a time from the targets within reach
     (``REACH * tau``), so memory stays flat for long speech.
     """
-    from latentdub.toolkit.phonemes import VISEME_SHAPES, phone_targets
+    from latentdub.toolkit.media.phonemes import VISEME_SHAPES, phone_targets
 
     targets = [t for s in segments for t in phone_targets(s.phone, s.start, s.end)]
     end = max((s.end for s in segments), default=0.0)
@@ -196,7 +196,7 @@ def speech_levels(envelope: np.ndarray) -> np.ndarray:
 
 def gate_silence(segments: list[Any], audio: Audio) -> list[Any]:
     """Relabel as ``SIL`` recognised phones during which the speech band stays below the noise gate."""
-    from latentdub.toolkit.audio import speech_envelope
+    from latentdub.toolkit.media.audio import speech_envelope
 
     level = speech_levels(speech_envelope(audio))
     out = []
@@ -213,7 +213,7 @@ def energy_opening(audio: Audio, times: np.ndarray, smoothing_ms: float, peak_op
     """Opening float32 ``[len(times)]`` from the 300-3000 Hz level (:func:`speech_levels`) scaled to ``peak_opening``."""
     from scipy.ndimage import gaussian_filter1d
 
-    from latentdub.toolkit.audio import speech_envelope
+    from latentdub.toolkit.media.audio import speech_envelope
 
     level = speech_levels(speech_envelope(audio, hop=ENVELOPE_HOP))
     level = gaussian_filter1d(level, smoothing_ms / 1000.0 / ENVELOPE_HOP / 2.0, mode="nearest")
