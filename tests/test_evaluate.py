@@ -152,7 +152,7 @@ def test_evaluate_command_reports_a_wrong_weights_file_clearly(grid_clips, tmp_p
     clip = str(_clip(grid_clips, "bbaf2n"))
     result = CliRunner().invoke(cli, ["evaluate", clip, clip, "--metrics", "fid", "--set", f"fid.weights={weights}", "-q"])
     assert result.exit_code == 2
-    assert f"{weights}: not the pytorch-fid Inception state dict" in result.output
+    assert f"{weights}: pytorch-fid Inception state dict (pt_inception-2015-12-05-6726825d.pth) does not match the architecture" in result.output
 
 
 def test_evaluate_command_rejects_bad_input_before_work(grid_clips, tmp_path):

@@ -296,5 +296,5 @@ def test_syncnet_loads_a_syncnet_v2_style_state_dict_strictly(tmp_path):
     broken = dict(old)
     broken["netcnnaud.99.weight"] = torch.zeros(1)
     torch.save(broken, tmp_path / "broken.model")
-    with pytest.raises(BadInputError, match=r"broken.model: syncnet_v2 state dict does not match the architecture \(unexpected keys: netcnnaud.99.weight\)"):
+    with pytest.raises(BadInputError, match=r"broken.model: syncnet_v2 state dict \(syncnet_v2.model\) does not match the architecture \(unexpected keys: netcnnaud.99.weight\)"):
         load_syncnet(tmp_path / "broken.model")

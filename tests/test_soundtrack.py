@@ -162,7 +162,7 @@ def test_animate_delivers_alac_bit_exact(portrait, speech, speech_samples, work)
     ("o.mkv", ["output.audio_codec=copy", "speech.fade_in=0.1"], "output.audio_codec=copy: speech48k.wav cannot be copied unchanged: the speech.* edits change it"),
     ("o.mkv", ["output.audio_codec=copy"], "the output runs 0.39 s longer than the speech (timing.length_policy=pad); use timing.length_policy=trim"),
     ("o.mkv", ["output.audio_codec=copy", "timing.length_policy=trim", "output.audio_rate=44100"], "drop output.audio_rate or choose"),
-    ("o.mp4", ["output.audio_rate=1000"], "output.audio_rate=1000: out of range; give 8000-384000"),
+    ("o.mp4", ["output.audio_rate=1000"], "output.audio_rate: 1000 is out of range (allowed: 8000 to 384000)"),
 ])
 def test_bad_audio_settings_fail_before_the_analysis(footage, speech, work, monkeypatch, name, overrides, words):
     monkeypatch.setattr(pipeline, "read_frames", lambda *a, **k: pytest.fail("decoded the footage before checking the audio settings"))

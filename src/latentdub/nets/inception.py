@@ -217,7 +217,7 @@ class FIDInceptionV3(nn.Module):
 def load_fid_inception(path: Union[str, Path], device="cpu") -> FIDInceptionV3:
     """Build the full FID network and load ``pt_inception-2015-12-05-6726825d.pth`` (strict, weights only)."""
     model = FIDInceptionV3()
-    load_strict(model, torch_load(path), path, "FID Inception state dict")
+    load_strict(model, torch_load(path), path, "pytorch-fid Inception state dict (pt_inception-2015-12-05-6726825d.pth)")
     return model.eval().to(device)
 
 

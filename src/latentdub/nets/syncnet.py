@@ -87,7 +87,7 @@ def load_syncnet(path: Union[str, Path], device="cpu") -> SyncNet:
     (and only those) may be absent.
     """
     model = SyncNet()
-    load_strict(model, torch_load(path), path, "syncnet_v2 state dict")
+    load_strict(model, torch_load(path), path, "syncnet_v2 state dict (syncnet_v2.model)")
     return model.eval().to(device)
 
 

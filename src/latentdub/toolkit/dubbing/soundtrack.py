@@ -61,8 +61,6 @@ COPYABLE: dict[str, Optional[tuple[str, ...]]] = {
 }
 #: Sample rates the AAC encoder takes, Hz.
 AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
-#: Bounds of ``output.audio_rate`` (Hz) and ``output.audio_channels``.
-RATE_RANGE, CHANNEL_RANGE = (8000, 384000), (1, 8)
 #: Samples per block when editing the delivered track.
 BLOCK = 1 << 18
 #: Raw sample type -> (ffmpeg raw format, numpy dtype).
@@ -109,7 +107,7 @@ def choose_format(info: AudioInfo, output: OutputConfig, target: Path) -> TrackF
     """The :class:`TrackFormat` for ``info``'s speech written into ``target`` as ``output`` says.
 
     Raises :class:`BadInputError` naming the setting when the container cannot
-    take the codec, or a rate or channel count is out of range.
+    take the codec (rates and channel counts are range-checked with the preset).
     """
     codec, suffix = output.audio_codec, target.suffix.lower()
     takes = CONTAINER_CODECS.get(suffix, ())
@@ -119,9 +117,6 @@ def choose_format(info: AudioInfo, output: OutputConfig, target: Path) -> TrackF
             f"output.audio_codec={codec}: {target.name}: {suffix} files do not take {codec} audio (they take {', '.join(takes)}); "
             f"write a {homes} file or choose one of those"
         )
-    for key, value, (low, high) in (("audio_rate", output.audio_rate, RATE_RANGE), ("audio_channels", output.audio_channels, CHANNEL_RANGE)):
-        if value is not None and not low <= value <= high:
-            raise BadInputError(f"output.{key}={value}: out of range; give {low}-{high} or leave it unset to keep the speech's own")
     rate = output.audio_rate or info.sample_rate
     channels = output.audio_channels or info.channels
     layout = info.layout if channels == info.channels else _default_layout(channels)
