@@ -26,6 +26,7 @@ import numpy as np
 from latentdub.toolkit.core.config import NAMES_WEIGHTS, Range
 from latentdub.toolkit.core.errors import BadInputError, ConfigError, MissingWeightsError, PluginError
 from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.learning.perceptual import LpipsSettings
 from latentdub.toolkit.learning.training import LoopConfig
 from latentdub.toolkit.core.types import Audio, Motion
 
@@ -35,16 +36,13 @@ WEIGHT_FILE = "audio2latent.safetensors"
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig(LoopConfig):
-    """Training settings of audio2latent (preset key ``motion.train``): the loop's (:class:`LoopConfig`) and these.
+class TrainConfig(LoopConfig, LpipsSettings):
+    """Training settings of audio2latent (preset key ``motion.train``): the loop's (:class:`LoopConfig`),
+    the LPIPS ones (:class:`~latentdub.toolkit.learning.perceptual.LpipsSettings`) and these.
 
     ``latent_weight``/``lpips_weight``: loss weights (``lpips_weight: 0``
     skips the generator entirely); ``lpips_frames``: frames per sequence
-    rendered for LPIPS; ``lpips_size``: px LPIPS is computed at (images are
-    area-downsampled when larger); ``lpips_net``: ``vgg`` or ``alex``;
-    ``lpips_weights``: torchvision backbone file or weight name (None: the
-    registry's); ``lpips_random_backbone``: allow an untrained backbone
-    (tests only: the loss is then no perceptual loss); ``pca_center``:
+    rendered for LPIPS; ``pca_center``:
     ``clip`` (V spans motion within clips) or ``global`` (V spans all
     latents); ``pca_frames``: most frames used to fit V;
     ``mixed_precision``: bf16 autocast on CUDA.
@@ -53,10 +51,6 @@ class TrainConfig(LoopConfig):
     latent_weight: Annotated[float, Range(ge=0)] = 1.0
     lpips_weight: Annotated[float, Range(ge=0)] = 10.0
     lpips_frames: Annotated[int, Range(ge=1)] = 1
-    lpips_size: Annotated[int, Range(ge=32, le=1024)] = 256
-    lpips_net: Literal["vgg", "alex"] = "vgg"
-    lpips_weights: Annotated[Optional[str], NAMES_WEIGHTS] = None
-    lpips_random_backbone: bool = False
     pca_center: Literal["clip", "global"] = "clip"
     pca_frames: Annotated[int, Range(ge=1)] = 50000
     mixed_precision: bool = True
@@ -118,10 +112,8 @@ class Objective:
 
 
 def _build_lpips(config: TrainConfig, device: Any, seed: int, log: Callable[[str], None]) -> Any:
-    from latentdub.toolkit.learning.perceptual import build_lpips
-
     try:
-        return build_lpips(device, net=config.lpips_net, backbone_weights=config.lpips_weights, random_backbone=config.lpips_random_backbone, seed=seed, log=log)
+        return config.build_lpips(device, seed=seed, log=log)
     except MissingWeightsError as exc:
         raise MissingWeightsError(
             f"{exc}; or train without the perceptual loss: --set motion.train.lpips_weight=0"

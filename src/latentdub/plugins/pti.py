@@ -31,14 +31,14 @@ from typing import Annotated, Any, Callable, Literal, Optional
 
 import numpy as np
 
-from latentdub.toolkit.core.config import NAMES_WEIGHTS, Range
+from latentdub.toolkit.core.config import Range
 from latentdub.toolkit.core.hookspecs import hookimpl
-from latentdub.toolkit.learning.perceptual import BACKBONES
+from latentdub.toolkit.learning.perceptual import BACKBONES, LpipsSettings
 from latentdub.toolkit.core.weights import WeightSpec
 
 
 @dataclasses.dataclass(frozen=True)
-class PtiConfig:
+class PtiConfig(LpipsSettings):
     """Settings of pivotal tuning.
 
     ``pivots``: ``encoder`` (invert with the preset's encoder), ``optimise_w``
@@ -53,12 +53,9 @@ class PtiConfig:
     ``locality_alpha`` (W+ Euclidean units) from the pivot, every
     ``locality_every`` updates, sampling ``w`` with truncation
     ``locality_truncation``; ``keyframes``: frames tuned on from a video;
-    ``batch_size``: pivots per update; ``lpips_net``: ``vgg`` (PTI) or
-    ``alex``; ``lpips_weights``: torchvision backbone checkpoint (name or
-    path; default ``vgg16-torchvision``/``alexnet-torchvision``);
-    ``lpips_random_backbone``: untrained LPIPS trunk (tests and timing only);
-    ``lpips_size``: side in px LPIPS is computed at (area downsampling);
-    ``precision``: autocast dtype (``auto`` = bf16 on CUDA, else fp32);
+    ``batch_size``: pivots per update; the ``lpips_*`` keys are
+    :class:`~latentdub.toolkit.learning.perceptual.LpipsSettings` (PTI uses
+    VGG at 256 px); ``precision``: autocast dtype (``auto`` = bf16 on CUDA, else fp32);
     ``compile``: ``torch.compile`` the generator for tuning; ``store``:
     profile holds the weight ``delta`` or the ``full`` weights; ``half``:
     store them as float16; ``seed``: sampling seed (None = preset seed).
@@ -80,10 +77,6 @@ class PtiConfig:
     locality_truncation: Annotated[float, Range(gt=0, le=1)] = 0.5
     keyframes: Annotated[int, Range(ge=1)] = 8
     batch_size: Annotated[int, Range(ge=1)] = 1
-    lpips_net: Literal["vgg", "alex"] = "vgg"
-    lpips_weights: Annotated[Optional[str], NAMES_WEIGHTS] = None
-    lpips_random_backbone: bool = False
-    lpips_size: Annotated[int, Range(ge=32, le=1024)] = 256
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
     store: Literal["delta", "full"] = "delta"
@@ -115,13 +108,7 @@ def register_weights(register):
 
 def build_pti(config: PtiConfig, context: Any) -> "PtiFinetuner":
     """Factory: checks the LPIPS backbone is on disk; networks are built when :meth:`PtiFinetuner.tune` runs."""
-    if not config.lpips_random_backbone:  # fail before any work when the LPIPS backbone is missing
-        from latentdub.toolkit.learning.perceptual import find_backbone
-
-        if config.lpips_weights is not None:
-            context.weights(config.lpips_weights)
-        else:
-            find_backbone(config.lpips_net)
+    config.require_backbone(context.weights)  # fail before any work when the LPIPS backbone is missing
     return PtiFinetuner(config, seed=context.seed if config.seed is None else config.seed, log=context.log)
 
 
@@ -273,10 +260,7 @@ class PtiFinetuner:
 
     def lpips(self, device: Any) -> Any:
         """The LPIPS module of this config on ``device``."""
-        from latentdub.toolkit.learning.perceptual import build_lpips
-
-        c = self.config
-        return build_lpips(device, net=c.lpips_net, backbone_weights=c.lpips_weights, random_backbone=c.lpips_random_backbone, seed=self.seed, log=self.log)
+        return self.config.build_lpips(device, seed=self.seed, log=self.log)
 
     def _distance(self, lpips: Any, a: Any, b: Any, nets: TuneNetworks) -> tuple[Any, Any]:
         """Per-image (L2, LPIPS), each ``[B]`` float32."""

@@ -14,10 +14,12 @@ deterministic image distance fit for wiring tests and timing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
+from ..core.config import NAMES_WEIGHTS, Range
 from ..core.errors import BadInputError, MissingWeightsError
 
 #: Registered weight name of each backbone and its torchvision file name.
@@ -150,3 +152,33 @@ def lpips_distance(model: Any, a: Any, b: Any, size: Optional[int] = LPIPS_SIZE)
         a = F.interpolate(a, size=(size, size), mode="area")
         b = F.interpolate(b, size=(size, size), mode="area")
     return model(a, b).reshape(a.shape[0]).float()
+
+
+@dataclasses.dataclass(frozen=True)
+class LpipsSettings:
+    """The LPIPS settings a learning component's config shares (extend it; the keys stay flat in presets).
+
+    ``lpips_net``: ``vgg`` or ``alex``; ``lpips_weights``: torchvision
+    backbone file or weight name (None: the registry's, see
+    :data:`BACKBONES`); ``lpips_random_backbone``: untrained trunk (tests and
+    timing only: the distance is then no perceptual metric); ``lpips_size``:
+    side in px LPIPS is computed at (larger images are area-downsampled).
+    """
+
+    lpips_net: Literal["vgg", "alex"] = "vgg"
+    lpips_weights: Annotated[Optional[str], NAMES_WEIGHTS] = None
+    lpips_random_backbone: bool = False
+    lpips_size: Annotated[int, Range(ge=32, le=1024)] = LPIPS_SIZE
+
+    def require_backbone(self, weights: Callable[[str], Path]) -> None:
+        """Fail now (MissingWeightsError) when the backbone file is absent, before any work; ``weights`` resolves names."""
+        if self.lpips_random_backbone:
+            return
+        if self.lpips_weights is not None:
+            weights(self.lpips_weights)
+        else:
+            find_backbone(self.lpips_net)
+
+    def build_lpips(self, device: Any, seed: int = 0, log: Callable[[str], None] = print) -> Any:
+        """The LPIPS module these settings describe, on ``device`` (see :func:`build_lpips`)."""
+        return build_lpips(device, net=self.lpips_net, backbone_weights=self.lpips_weights, random_backbone=self.lpips_random_backbone, seed=seed, log=log)
