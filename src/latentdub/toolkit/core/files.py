@@ -153,7 +153,9 @@ def claim_outputs(outputs: Sequence[Path], inputs: Mapping[str, Optional[Path]],
     Refuses (with :class:`OutputError`, before any work) an output that is
     an input, an output another run is writing, and, unless ``overwrite``,
     an output that exists. Removes temporary files a killed run left beside
-    them.
+    them, and, when the run fails or is interrupted, the ones it left itself
+    (a signal can land between a temporary file's creation and the code that
+    would clean it up).
     """
     check_not_an_input(outputs, inputs)
     with contextlib.ExitStack() as stack:
@@ -164,10 +166,18 @@ def claim_outputs(outputs: Sequence[Path], inputs: Mapping[str, Optional[Path]],
         if not overwrite:
             for output in outputs:
                 check_not_existing(output)
-        for output in outputs:
-            for stale in stale_temps(output):
-                stale.unlink(missing_ok=True)
-        yield
+        _remove_temps(outputs)
+        try:
+            yield
+        except BaseException:
+            _remove_temps(outputs)
+            raise
+
+
+def _remove_temps(outputs: Sequence[Path]) -> None:
+    for output in outputs:
+        for stale in stale_temps(output):
+            stale.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

@@ -240,7 +240,11 @@ class VideoWriter:
             "-c:v", "libx264", "-crf", str(crf), "-preset", x264_preset, "-pix_fmt", "yuv420p",
             "-movflags", "+faststart", str(self.tmp),
         ]
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        except BaseException:  # Ctrl-C while ffmpeg starts: no context manager will clean up yet
+            self.tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, image: np.ndarray) -> None:
         """Append one uint8 RGB frame ``[height, width, 3]``."""
