@@ -169,6 +169,7 @@ def test_transcript_file_and_errors(tmp_path, grid_speech):
     auto = VisemeMotion(VisemeConfig(transcript="set zzxqv")).predict(grid_speech[SWWP2S], FPS, 75)
     assert auto.extra["method"] == "recognize"  # auto falls back when the transcript cannot be aligned
     assert "'zzxqv'" in auto.extra["fallback"]
+    assert auto.extra["notes"] == [f"motion: fell back to recognize: {auto.extra['fallback']}"]  # the run summary shows it
 
 
 def test_predicted_mouth_tracks_the_real_mouth(grid_speech, transcripts, real_mouth):

@@ -146,7 +146,10 @@ class VisemeMotion:
             kind="mouth",
             codes=codes.astype(np.float32),
             fps=float(fps),
-            extra={"phones": [s.to_dict() for s in segments], "method": method, "fallback": fallback},
+            extra={
+                "phones": [s.to_dict() for s in segments], "method": method, "fallback": fallback,
+                "notes": [f"motion: fell back to {method}: {fallback}"] if fallback else [],
+            },
         )
 
 
