@@ -34,6 +34,9 @@ class VideoInfo:
     ``fps`` is the constant output rate frames are delivered at (variable
     frame rate input is resampled to it); ``rotation`` is the display
     rotation in degrees already applied to decoded frames.
+    ``variable_frame_rate`` is unknown (False) from the container header;
+    the dub sets it after scanning the frame times
+    (:func:`~latentdub.toolkit.media.frame_timing.measure_frame_timing`).
     """
 
     path: Path

@@ -89,7 +89,6 @@ def probe_video(path: str | Path) -> VideoInfo:
         raise BadInputError(f"{path}: video has no duration (empty or truncated file); re-encode it with ffmpeg")
     has_audio = bool(re.search(r"Stream #\S+.*?: Audio:", text))
     is_image = path.suffix.lower() in IMAGE_SUFFIXES
-    vfr = bool(re.search(r"\b(\d+(?:\.\d+)?) fps", line)) and "variable" in line.lower()
     return VideoInfo(
         path=path,
         width=width,
@@ -99,7 +98,6 @@ def probe_video(path: str | Path) -> VideoInfo:
         duration=duration,
         has_audio=has_audio,
         rotation=rotation,
-        variable_frame_rate=vfr,
     )
 
 
