@@ -39,6 +39,7 @@ from ..core.types import Audio, Frame, Motion, TrackedFace
 from ..media.video import IMAGE_SUFFIXES, VideoWriter, check_frame_size, check_output_path, probe_video, read_frames, read_frames_at, read_image
 from .review import Review, review_paths
 from .soundtrack import TrackFormat, choose_format, require_copyable, write_track
+from .synthesis import run_frames
 from .timing import Timeline
 
 #: Reference crops handed to ``Renderer.prepare`` (spread over the clip).
@@ -78,6 +79,8 @@ class RunSummary:
     #: How the sound track is stored (codec, rate, layout, depth), and whether the speech stream was copied as is.
     audio_track: str = ""
     audio_copied: bool = False
+    #: Busy seconds of each stage of a staged synthesis pass (``runtime``; see toolkit/dubbing/synthesis.py).
+    busy_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def frames_by_fallback(self) -> int:
@@ -405,11 +408,12 @@ def _synthesise(
     synth = _Synthesiser(components, motion, writers, summary)
     try:
         with _timed(summary, "render"), _progress(n_out, "render", progress) as bar:
-            for t in range(n_out):
-                image, tracked = frame_for(t)
-                synth.add(t, image, tracked)
-                bar.update(1)
-            synth.flush()
+            if not run_frames(components, motion, writers, summary, frame_for, n_out, bar, DUBBED):  # runtime: overlap / torch frame ops
+                for t in range(n_out):
+                    image, tracked = frame_for(t)
+                    synth.add(t, image, tracked)
+                    bar.update(1)
+                synth.flush()
         with _timed(summary, "encode"):
             for w in opened:
                 w.close()

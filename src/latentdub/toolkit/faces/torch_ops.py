@@ -36,13 +36,18 @@ MIN_RING_PIXELS = 32
 
 
 def frame_tensor(image: np.ndarray, device: Any) -> Any:
-    """uint8 ``[H, W, 3]`` numpy image -> uint8 tensor on ``device`` (pinned, asynchronous copy on CUDA)."""
+    """uint8 ``[H, W, 3]`` numpy image -> uint8 tensor on ``device`` (through pinned memory, asynchronously, on CUDA).
+
+    Decoded frames are read-only views of the decoder's buffer: they are copied once,
+    into the pinned buffer on CUDA or into a fresh tensor elsewhere.
+    """
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(image))
     if torch.device(device).type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+        pinned = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
+        pinned.numpy()[...] = image
+        return pinned.to(device, non_blocking=True)
+    return torch.from_numpy(image if image.flags.writeable else image.copy()).to(device)
 
 
 def _chw(image: Any) -> Any:
