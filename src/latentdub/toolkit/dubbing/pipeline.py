@@ -35,8 +35,9 @@ from ..core.build import Components
 from ..core.errors import BadInputError, CannotServeError, NoFaceError, PluginError
 from ..core.files import check_input_file, check_not_an_input, claim_outputs, temp_beside
 from ..core.presets import Preset, fallback_preset, preset_path_for, resolve_preset
+from ..core.stages import prefetch
 from ..core.types import Audio, Frame, Motion, TrackedFace
-from ..media.video import IMAGE_SUFFIXES, VideoWriter, check_frame_size, check_output_path, probe_video, read_frames, read_frames_at, read_image
+from ..media.video import IMAGE_SUFFIXES, VideoWriter, choose_video_codec, check_frame_size, check_output_path, probe_video, read_frames, read_frames_at, read_image
 from .review import Review, review_paths
 from .soundtrack import TrackFormat, choose_format, require_copyable, write_track
 from .synthesis import run_frames
@@ -389,7 +390,8 @@ def _synthesise(
         delivered = write_track(sound, preset.speech, timeline, workdir)
     if delivered.gain_db is not None:
         summary.notes.append(f"speech.loudness={preset.speech.loudness:g} dBFS: gain {delivered.gain_db:+.1f} dB")
-    writer = VideoWriter(output, fps, size, preset.output.crf, preset.output.x264_preset, audio=delivered.mux)
+    codec = choose_video_codec(preset.output.video_codec, components.device.type)
+    writer = VideoWriter(output, fps, size, preset.output.crf, preset.output.x264_preset, audio=delivered.mux, codec=codec)
     opened = [writer]
     writers: list[Callable[[np.ndarray, np.ndarray], None]] = [lambda src, out: writer.write(out)]
     sheet_frames: list[np.ndarray] = []
@@ -483,8 +485,11 @@ def _dub(video: Path, audio: Path, output: str | Path, preset: Preset, profile: 
     detector = components["detector"]
     with _timed(summary, "analyse"), _progress(info.n_frames, "analyse", progress) as bar:
         kept = _FrameKeeper(info.n_frames)
+        decoded = read_frames(video, fps=fps, info=info)
+        if preset.runtime.overlapped(components.device):  # decode on a thread while the detector works
+            decoded = prefetch(decoded, preset.runtime.queue_depth, "decode")
         track = analyse_video(
-            kept.tee(read_frames(video, fps=fps, info=info)), detector, preset.track, n_frames_hint=info.n_frames,
+            kept.tee(decoded), detector, preset.track, n_frames_hint=info.n_frames,
             progress=lambda done, total: bar.update(done - bar.n),
         )
     track.require_face(video)
