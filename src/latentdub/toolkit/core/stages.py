@@ -22,7 +22,9 @@ the throughput.
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -161,23 +163,66 @@ def run_stages(
         inbox = _Inbox(run, queues[i])
         out = queues[i + 1] if i + 1 < len(queues) else None
         threads.append(threading.Thread(target=_worker, args=(run, name, lambda fn=fn, inbox=inbox: fn(inbox), inbox, out), name=f"latentdub-{name}", daemon=True))
-    for t in threads:
-        t.start()
-    if on_threads is not None:
-        on_threads(threads)
+    started: list[threading.Thread] = []
     try:
-        for t in threads:
+        with _signals_held():
+            for t in threads:
+                t.start()
+                started.append(t)
+        if on_threads is not None:
+            on_threads(threads)
+        for t in started:
             while t.is_alive():
                 t.join(POLL_S)
     except BaseException as exc:  # noqa: BLE001 - Ctrl-C (or any error) in the waiting thread stops everything
         run.fail(exc)
     finally:
-        run.stop.set()
-        deadline = time.monotonic() + JOIN_S
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+        _stop_and_join(run, started)
     if run.error is not None:
         raise run.error
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT, and SIGTERM) back while threads start, so no thread is left running unrecorded.
+
+    Python runs signal handlers in the main thread between any two bytecodes,
+    ``Thread.start`` included; a signal that comes meanwhile is recorded and
+    handed to the previous handler on leaving (which raises
+    ``KeyboardInterrupt`` for Ctrl-C). Off the main thread signals never
+    arrive, and nothing is changed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {}
+    try:
+        for sig in held:
+            previous[sig] = signal.signal(sig, lambda signum, frame: came.append(signum))
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in came[:1]:
+            handler = previous.get(signum)
+            if callable(handler):
+                handler(signum, None)
+            elif handler != signal.SIG_IGN:
+                raise KeyboardInterrupt
+
+
+def _stop_and_join(run: _Run, threads: list[threading.Thread]) -> None:
+    """Stop ``threads`` and wait for them (a second Ctrl-C while waiting is recorded, not let through)."""
+    run.stop.set()
+    deadline = time.monotonic() + JOIN_S
+    for t in threads:
+        while t.is_alive() and time.monotonic() < deadline:
+            try:
+                t.join(POLL_S)
+            except BaseException as exc:  # noqa: BLE001
+                run.fail(exc)
 
 
 class _TimedIter:
@@ -232,8 +277,11 @@ def prefetch(items: Iterable[Any], depth: int = 4, name: str = "prefetch") -> It
     run = _Run(None)
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     thread = threading.Thread(target=_worker, args=(run, name, lambda: items, None, q), name=f"latentdub-{name}", daemon=True)
-    thread.start()
+    started: list[threading.Thread] = []
     try:
+        with _signals_held():
+            thread.start()
+            started.append(thread)
         while True:
             try:
                 item, _ = run.get(q)
@@ -243,7 +291,6 @@ def prefetch(items: Iterable[Any], depth: int = 4, name: str = "prefetch") -> It
                 break
             yield item
     finally:
-        run.stop.set()
-        thread.join(JOIN_S)
+        _stop_and_join(run, started)
     if run.error is not None:
         raise run.error

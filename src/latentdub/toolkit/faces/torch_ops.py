@@ -27,8 +27,12 @@ import numpy as np
 from ..core.types import Alignment
 from .masks import Region, fill_polygon, grown_hull, inter_ocular, region_points
 
-#: OpenCV's warps place sampling positions on a 1/32 px grid (``INTER_BITS = 5``).
+#: OpenCV's warps place sampling positions on a 1/32 px grid (``INTER_BITS = 5``), summing the
+#: shares of a row and a column each rounded to 1/1024 px (``AB_BITS = 10``).
 _INTER_TAB = 32
+_AB_SCALE = 1024
+_AB_STEP = _AB_SCALE // _INTER_TAB
+_ROUND_DELTA = _AB_STEP // 2
 #: Colour-match modes these ops implement (``lab`` and Poisson blending stay on the numpy path).
 TORCH_COLOR_MATCH = ("none", "mean_std")
 #: Feather-band pixels needed before colour statistics are trusted (as the soft compositor).
@@ -78,7 +82,7 @@ def pyr_down(x: Any) -> Any:
 def _sample(src: Any, to_src: np.ndarray, out_hw: tuple[int, int], padding: Literal["zeros", "border", "reflection"]) -> Any:
     """Bilinear samples of ``src`` ``[1, C, h, w]`` at ``to_src @ (x, y, 1)`` for each output pixel (x, y); float32 ``[1, C, H, W]``.
 
-    Positions are rounded to OpenCV's 1/32 px grid before sampling.
+    Positions are rounded to OpenCV's 1/32 px grid the way ``cv2.warpAffine`` rounds them.
     """
     import torch
     import torch.nn.functional as F
@@ -89,10 +93,9 @@ def _sample(src: Any, to_src: np.ndarray, out_hw: tuple[int, int], padding: Lite
     ys, xs = torch.meshgrid(
         torch.arange(h_out, dtype=torch.float64, device=src.device), torch.arange(w_out, dtype=torch.float64, device=src.device), indexing="ij"
     )
-    sx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
-    sy = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
-    sx = torch.floor(sx * _INTER_TAB + 0.5) / _INTER_TAB
-    sy = torch.floor(sy * _INTER_TAB + 0.5) / _INTER_TAB
+    # OpenCV's fixed point: each row's and each column's share rounded to 1/1024 px, the sum rounded to 1/32 px
+    sx = torch.floor((torch.round((m[0, 1] * ys + m[0, 2]) * _AB_SCALE) + torch.round(m[0, 0] * xs * _AB_SCALE) + _ROUND_DELTA) / _AB_STEP) / _INTER_TAB
+    sy = torch.floor((torch.round((m[1, 1] * ys + m[1, 2]) * _AB_SCALE) + torch.round(m[1, 0] * xs * _AB_SCALE) + _ROUND_DELTA) / _AB_STEP) / _INTER_TAB
     grid = torch.stack([(2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1], dim=-1)[None].to(src.dtype)
     return F.grid_sample(src, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
