@@ -62,7 +62,11 @@ def test_bad_runtime_settings_name_the_key(override, message):
 
 
 def test_video_codec_choice_follows_what_ffmpeg_and_the_machine_offer():
-    from latentdub.toolkit.media.video import choose_video_codec, nvenc_works, video_encoders
+    from latentdub.toolkit.media.video import (
+        choose_video_codec,
+        nvenc_works,
+        video_encoders,
+    )
 
     assert "libx264" in video_encoders()
     assert choose_video_codec("libx264", "cuda") == "libx264"
