@@ -161,8 +161,8 @@ def dub_rows(label: str, r: dict) -> list[str]:
     stages = ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items())
     busy = ", ".join(f"{k} {v:.2f}" for k, v in r["busy"].items())
     return [
-        f"| {label} | {r['frames']} ({r['dubbed']} dubbed) | {r['frames'] / total:.1f} | {r['frames'] / r['wall']:.1f} | {r['frames'] / render:.1f} | {r['wall']:.1f} | "
-        f"{r['gpu_gib']:.2f} | {r['rss_mib']:.0f} |",
+        (f"| {label} | {r['frames']} ({r['dubbed']} dubbed) | {r['frames'] / total:.1f} | {r['frames'] / r['wall']:.1f} | {r['frames'] / render:.1f} | {r['wall']:.1f} | "
+        f"{r['gpu_gib']:.2f} | {r['rss_mib']:.0f} |"),
         f"|  | stages (s): {stages} | | | | | | |",
         f"|  | overlapped stages, busy (s): {busy} | | | | | | |",
     ]
@@ -281,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     size = (360, 288) if args.cpu_smoke else (1920, 1080)
     lines = [
-        f"bench_gpu_dub on {name}, torch {torch.__version__}, {os.cpu_count()} CPUs; {size[0]}x{size[1]} 25 fps GRID footage, "
+        (f"bench_gpu_dub on {name}, torch {torch.__version__}, {os.cpu_count()} CPUs; {size[0]}x{size[1]} 25 fps GRID footage, "
         f"{'tiny networks' if args.cpu_smoke else '1024 px pSp + StyleGAN2 (random weights)'}, batch {args.batch}, queue depth {args.queue_depth}, "
-        f"detect every {args.detect_every}, cuda graphs {'on' if args.cuda_graphs else 'off'}, codec {args.codec}",
+        f"detect every {args.detect_every}, cuda graphs {'on' if args.cuda_graphs else 'off'}, codec {args.codec}"),
         "",
         "| clip | frames | e2e frames/s (stages) | frames/s (wall, incl. building networks) | synthesis frames/s | wall s | peak GPU GiB | peak RSS MiB |",
         "|---|---|---|---|---|---|---|---|",
