@@ -488,10 +488,13 @@ def _dub(video: Path, audio: Path, output: str | Path, preset: Preset, profile: 
         decoded = read_frames(video, fps=fps, info=info)
         if preset.runtime.overlapped(components.device):  # decode on a thread while the detector works
             decoded = prefetch(decoded, preset.runtime.queue_depth, "decode")
-        track = analyse_video(
-            kept.tee(decoded), detector, preset.track, n_frames_hint=info.n_frames,
-            progress=lambda done, total: bar.update(done - bar.n),
-        )
+        try:
+            track = analyse_video(
+                kept.tee(decoded), detector, preset.track, n_frames_hint=info.n_frames,
+                progress=lambda done, total: bar.update(done - bar.n),
+            )
+        finally:
+            decoded.close()  # the decoder (and its thread) stop now, also when the analysis fails
     track.require_face(video)
     if track.n_faces_max > 1:
         summary.notes.append(f"up to {track.n_faces_max} faces per frame; dubbing the {preset.track.select} one (track.select)")
