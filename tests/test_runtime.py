@@ -393,6 +393,9 @@ def test_graphed_calls_pad_slice_and_reuse_their_captures():
     assert torch.equal(out, x * 2) and again.shape == (3, 3, 5)
     assert g.captures == 1  # one graph at batch 4 serves 11 = 4 + 4 + 3 (padded) and 3
     assert set(calls) <= {4}
+    with torch.no_grad():
+        assert g.prepare(x) == 3 and g.captures == 3  # capturing every size up front (before the render threads start)
+        assert torch.equal(g(x[:2]), x[:2] * 2)
 
 
 def test_a_failed_capture_falls_back_to_eager_and_says_so_once():
@@ -425,6 +428,7 @@ def test_the_generator_flag_changes_nothing_off_cuda():
     w = torch.randn(5, plain.n_styles, plain.style_dim)
     with torch.inference_mode():
         assert torch.equal(plain.synthesize(w), flagged.synthesize(w))
+    assert flagged.capture_graphs() == 0 and plain.capture_graphs() == 0
     assert flagged.graphed is not None and flagged.graphed.captures == 0  # on the CPU nothing was captured
 
 
@@ -444,6 +448,7 @@ def test_the_pti_update_runs_eagerly_off_cuda():
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_cuda_graph_generator_matches_eager(batch):
     plain, graphed = _tiny_generator(False, "cuda"), _tiny_generator(True, "cuda")
+    assert graphed.capture_graphs() == 4  # runtime.graph_batches 1, 2, 4, 8
     w = torch.randn(batch, plain.n_styles, plain.style_dim, device="cuda")
     with torch.inference_mode():
         eager, replayed = plain.synthesize(w), graphed.synthesize(w)

@@ -82,6 +82,18 @@ class GraphedCall:
             outs.append(self._replay(piece, bucket) if bucket is not None else self._eager(piece))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
+    def prepare(self, example: torch.Tensor) -> int:
+        """Capture every bucket now, for inputs shaped like ``example`` ``[b, ...]`` (b >= 1); returns the graphs held.
+
+        Call it before other threads use the GPU (the pipeline's render thread
+        would otherwise capture while the composite thread runs kernels).
+        """
+        if self.graphable(example):
+            for bucket in self.buckets:
+                if not self.failed:
+                    self._replay(example[:1].expand(bucket, *example.shape[1:]), bucket)
+        return len(self.graphs)
+
     def _eager(self, x: torch.Tensor) -> torch.Tensor:
         with self.context():
             return self.fn(x)
@@ -124,7 +136,8 @@ class GraphedCall:
                 self.fn(static_in)
         torch.cuda.current_stream(x.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), self.context():
+        # thread_local: kernels that other threads launch meanwhile neither fail nor spoil the capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"), self.context():
             static_out = self.fn(static_in)
         return static_in, static_out, graph
 

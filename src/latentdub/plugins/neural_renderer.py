@@ -126,6 +126,9 @@ class NeuralRenderer:
         if len(crops) == 0:
             raise BadInputError("renderer: no reference crops to take the identity from")
         self.identity = self.invert(np.asarray(crops)).mean(0)
+        capture = getattr(self.generator, "capture_graphs", None)
+        if capture is not None:  # CUDA graphs (runtime.cuda_graphs) are captured here, before the render threads start
+            capture()
         return self.identity.cpu()
 
     def latents(self, motion: Motion, frames: np.ndarray, w_src: Optional[Any]) -> Any:

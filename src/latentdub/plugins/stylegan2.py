@@ -166,6 +166,17 @@ class StyleGAN2Generator:
         #: CUDA-graph replays of one chunk (None: eager); captured under autocast without its weight cache
         self.graphed = GraphedCall(self._forward, graph_batches, context=lambda: self.autocast(cache=False), log=log, name="generator") if graph_batches else None
 
+    def capture_graphs(self) -> int:
+        """With ``runtime.cuda_graphs`` on CUDA: capture the generator's graphs now (one per batch size); returns how many are held."""
+        import torch
+
+        if self.graphed is None:
+            return 0
+        avg = self.latent_avg
+        w = (avg.reshape(1, 1, -1) if avg is not None else torch.zeros(1, 1, self.style_dim, device=self.device)).to(self.device)
+        with torch.inference_mode():
+            return self.graphed.prepare(w.expand(1, self.n_styles, self.style_dim).contiguous())
+
     def _forward(self, chunk: Any) -> Any:
         """One chunk of W+ ``[b, L, D]`` -> float32 images ``[b, 3, S, S]`` (unclamped)."""
         return self._run(chunk, input_is_latent=True, noise_mode="const", truncation=self.config.truncation).float()
