@@ -369,7 +369,7 @@ class PtiFinetuner:
                 lps.append(lp)
         return float(torch.cat(l2s).mean()), float(torch.cat(lps).mean())
 
-    def graphed_update(self, nets: TuneNetworks, pivots: Any, targets: Any, lpips: Any) -> Optional[Callable[[Any, Any], Any]]:
+    def graphed_update(self, nets: TuneNetworks, pivots: Any, targets: Any, lpips: Any) -> Callable[[Any, Any], Any] | None:
         """``(w, targets) -> stack([l2, lpips])`` ``[2, B]`` as CUDA graphs (forward and backward), for full batches of
         ``batch_size``; None (eager updates) without ``runtime.cuda_graphs``, off CUDA, for generators other than
         latentdub's StyleGAN2, with ``compile``, or when the capture fails."""

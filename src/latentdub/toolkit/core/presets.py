@@ -171,7 +171,7 @@ class Preset:
     #: The YAML file the preset was read from (None for a shipped preset).
     source: Optional[Path] = None
     #: How the run uses the machine (threads, queues, torch frame ops, CUDA graphs).
-    runtime: RuntimeConfig = RuntimeConfig()
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
     def input_files(self) -> dict[str, Path]:
         """Files the preset makes a run read, ``{key: path}``: its own YAML, every path setting

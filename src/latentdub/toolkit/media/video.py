@@ -196,8 +196,8 @@ def check_output_path(path: str | Path) -> Path:
 
 #: H.264 encoders ``output.video_codec`` may name (``auto`` chooses between them).
 VIDEO_CODECS = ("libx264", "h264_nvenc")
-_encoders: Optional[frozenset[str]] = None
-_nvenc_works: Optional[bool] = None
+_encoders: frozenset[str] | None = None
+_nvenc_works: bool | None = None
 
 
 def video_encoders() -> frozenset[str]:
@@ -205,7 +205,7 @@ def video_encoders() -> frozenset[str]:
     global _encoders
     if _encoders is None:
         proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-encoders"], capture_output=True, text=True, errors="replace", check=False)
-        _encoders = frozenset(m.group(1) for m in re.finditer(r"^\s*[VAS][A-Z.]{5}\s+(\S+)", proc.stdout, re.M) if m.group(1) != "=")
+        _encoders = frozenset(m.group(1) for m in re.finditer(r"^\s*[VAS][A-Z.]{5}\s+(\S+)", proc.stdout, re.MULTILINE) if m.group(1) != "=")
     return _encoders
 
 
