@@ -65,8 +65,12 @@ def test_video_codec_choice_follows_what_ffmpeg_and_the_machine_offer():
     from latentdub.toolkit.media.video import (
         choose_video_codec,
         nvenc_works,
+        video_codec_options,
         video_encoders,
     )
+
+    assert video_codec_options("libx264", 18, "veryfast") == ["-c:v", "libx264", "-crf", "18", "-preset", "veryfast"]
+    assert video_codec_options("h264_nvenc", 18, "veryfast")[:2] == ["-c:v", "h264_nvenc"]  # constant quality 18 on NVENC
 
     assert "libx264" in video_encoders()
     assert choose_video_codec("libx264", "cuda") == "libx264"
