@@ -73,7 +73,8 @@ def to_tensor(crops: np.ndarray, size: int, device: Any) -> Any:
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    x = crops if torch.is_tensor(crops) else torch.from_numpy(np.ascontiguousarray(crops))
+    x = x.to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x
@@ -81,6 +82,11 @@ def to_tensor(crops: np.ndarray, size: int, device: Any) -> Any:
 
 def to_uint8(images: Any, size: int) -> np.ndarray:
     """float ``[B, 3, H, W]`` in [-1, 1] -> uint8 ``[B, size, size, 3]`` (antialiased resize)."""
+    return to_uint8_tensor(images, size).cpu().numpy()
+
+
+def to_uint8_tensor(images: Any, size: int) -> Any:
+    """:func:`to_uint8` as a uint8 tensor ``[B, size, size, 3]`` on the images' device."""
     import torch
     import torch.nn.functional as F
 
@@ -88,7 +94,7 @@ def to_uint8(images: Any, size: int) -> np.ndarray:
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    return x.permute(0, 2, 3, 1)
 
 
 class NeuralRenderer:
@@ -120,6 +126,9 @@ class NeuralRenderer:
         if len(crops) == 0:
             raise BadInputError("renderer: no reference crops to take the identity from")
         self.identity = self.invert(np.asarray(crops)).mean(0)
+        capture = getattr(self.generator, "capture_graphs", None)
+        if capture is not None:  # CUDA graphs (runtime.cuda_graphs) are captured here, before the render threads start
+            capture()
         return self.identity.cpu()
 
     def latents(self, motion: Motion, frames: np.ndarray, w_src: Optional[Any]) -> Any:
@@ -159,10 +168,14 @@ class NeuralRenderer:
 
     def render(self, crops: np.ndarray, landmarks: np.ndarray, motion: Motion, frames: np.ndarray) -> np.ndarray:
         """Crops uint8 ``[B, S, S, 3]`` -> rendered faces uint8 ``[B, S, S, 3]`` for output frames ``frames``."""
+        return self.render_torch(crops, landmarks, motion, frames).cpu().numpy()
+
+    def render_torch(self, crops: Any, landmarks: np.ndarray, motion: Motion, frames: np.ndarray) -> Any:
+        """:meth:`render` for crops given as a uint8 tensor (or array) ``[B, S, S, 3]``; a uint8 tensor on the device."""
         import torch
 
         w_src = self.invert(crops) if self.config.identity != "reference" else None
         with torch.inference_mode():
             w = self.latents(motion, frames, w_src)
             images = self.generator.synthesize(w)
-        return to_uint8(images, int(crops.shape[1]))
+        return to_uint8_tensor(images, int(crops.shape[1]))

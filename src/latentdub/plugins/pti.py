@@ -109,7 +109,9 @@ def register_weights(register):
 def build_pti(config: PtiConfig, context: Any) -> "PtiFinetuner":
     """Factory: checks the LPIPS backbone is on disk; networks are built when :meth:`PtiFinetuner.tune` runs."""
     config.require_backbone(context.weights)  # fail before any work when the LPIPS backbone is missing
-    return PtiFinetuner(config, seed=context.seed if config.seed is None else config.seed, log=context.log)
+    runtime = getattr(context, "runtime", None)
+    return PtiFinetuner(config, seed=context.seed if config.seed is None else config.seed, log=context.log,
+                        cuda_graphs=bool(runtime is not None and runtime.cuda_graphs))
 
 
 # --------------------------------------------------------------------------- tuning
@@ -162,13 +164,18 @@ class TuneNetworks:
         for p, flag in zip(self.base.parameters(), self.base_requires):
             p.requires_grad_(flag)
 
+    #: Autocast's weight cache; off while a CUDA graph of the update is in use (graphs need it off).
+    autocast_cache = True
+
     def autocast(self) -> Any:
         """Autocast to :attr:`dtype` (bf16) on the device, or nothing for float32."""
         import contextlib
 
         import torch
 
-        return contextlib.nullcontext() if self.dtype is None else torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype, cache_enabled=self.autocast_cache)
 
     def _render(self, call: Callable[..., Any], w: Any, noise: Optional[list] = None) -> Any:
         with self.autocast():
@@ -231,7 +238,9 @@ def _noise_penalty(noises: list) -> Any:
 class PtiFinetuner:
     """Implements :class:`~latentdub.toolkit.core.protocols.Finetuner` (see the module docstring)."""
 
-    def __init__(self, config: PtiConfig, seed: int = 0, log: Callable[[str], None] = print) -> None:
+    def __init__(self, config: PtiConfig, seed: int = 0, log: Callable[[str], None] = print, cuda_graphs: bool = False) -> None:
+        #: ``runtime.cuda_graphs``: full-batch updates without locality run as CUDA graphs (forward and backward), on CUDA only
+        self.cuda_graphs = cuda_graphs
         self.config = config
         self.seed = seed
         self.log = log
@@ -360,6 +369,35 @@ class PtiFinetuner:
                 lps.append(lp)
         return float(torch.cat(l2s).mean()), float(torch.cat(lps).mean())
 
+    def graphed_update(self, nets: TuneNetworks, pivots: Any, targets: Any, lpips: Any) -> Callable[[Any, Any], Any] | None:
+        """``(w, targets) -> stack([l2, lpips])`` ``[2, B]`` as CUDA graphs (forward and backward), for full batches of
+        ``batch_size``; None (eager updates) without ``runtime.cuda_graphs``, off CUDA, for generators other than
+        latentdub's StyleGAN2, with ``compile``, or when the capture fails."""
+        import torch
+
+        from latentdub.nets.graphs import graphed_module
+
+        b = self.config.batch_size
+        if not (self.cuda_graphs and nets.device.type == "cuda" and nets.direct and not self.config.compile and pivots.shape[0] >= b):
+            return None
+        finetuner = self
+
+        class _Update(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.generator, self.lpips = nets.module, lpips
+
+            def forward(self, w: Any, tgt: Any) -> Any:
+                return torch.stack(finetuner._distance(lpips, nets.tuned(w), tgt, nets))
+
+        nets.autocast_cache = False
+        step = _Update()
+        graphed = graphed_module(step, (pivots[:b].detach().clone(), targets[:b].detach().clone()), log=self.log, name="the PTI update")
+        if graphed is step:
+            nets.autocast_cache = True
+            return None
+        return graphed
+
     def tune_weights(self, nets: TuneNetworks, pivots: Any, targets: Any, lpips: Any, progress: bool = False) -> tuple[int, bool]:
         """Train ``nets.module`` around ``pivots``; returns (updates, stopped early)."""
         import torch
@@ -375,6 +413,7 @@ class PtiFinetuner:
         opt = torch.optim.Adam(params, lr=c.lr, betas=(0.9, 0.999), **fast)
         gen = torch.Generator(device="cpu").manual_seed(self.seed + 2)
         n = pivots.shape[0]
+        graphed = self.graphed_update(nets, pivots, targets, lpips)
         seen = torch.full((n,), float("inf"))
         updates, stopped = 0, False
         bar = tqdm(total=c.steps * math.ceil(n / c.batch_size), desc="tune", unit="step", disable=not progress, leave=False, dynamic_ncols=True)
@@ -390,6 +429,8 @@ class PtiFinetuner:
                             ref = nets.original(w_r)
                         img = nets.tuned(torch.cat([w, w_r]))
                         l2, lp = self._distance(lpips, img, torch.cat([tgt, ref]), nets)
+                    elif graphed is not None and b == c.batch_size:
+                        l2, lp = graphed(w, tgt).unbind(0)
                     else:
                         l2, lp = self._distance(lpips, nets.tuned(w), tgt, nets)
                     loss = c.l2_weight * l2[:b].mean() + c.lpips_weight * lp[:b].mean()

@@ -94,6 +94,24 @@ class SoftCompositor:
         return out
 
 
+    def composite_torch(self, frame, rendered, alignment: Alignment, landmarks: np.ndarray):
+        """:meth:`composite` on uint8 tensors (frame ``[H, W, 3]``, crop ``[S, S, 3]``) on their device.
+
+        Runs as torch ops for ``color_match`` none/mean_std without Poisson
+        blending (within one or two levels of :meth:`composite`); otherwise
+        the numpy path on a CPU copy.
+        """
+        import torch
+
+        from latentdub.toolkit.faces.torch_ops import TORCH_COLOR_MATCH, composite_torch
+
+        c = self.config
+        if c.poisson or c.color_match not in TORCH_COLOR_MATCH:
+            out = self.composite(frame.cpu().numpy(), rendered.cpu().numpy(), alignment, landmarks)
+            return torch.from_numpy(out).to(frame.device)
+        return composite_torch(frame, rendered, alignment, landmarks, c.region, c.dilate, c.feather, c.jaw_margin, c.color_match)
+
+
 def _match_colour(warped: np.ndarray, base: np.ndarray, alpha: np.ndarray, mode: str) -> np.ndarray:
     """Shift the per-channel mean and scale the spread of ``warped`` (float32 RGB 0-255) to ``base`` in the feather band."""
     ring = (alpha > 0.02) & (alpha < 0.98)

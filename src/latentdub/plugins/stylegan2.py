@@ -128,7 +128,9 @@ def build_stylegan2(config: StyleGAN2Config, context) -> "StyleGAN2Generator":
         raise ConfigError("generator.checkpoint: none given; name a weight file or set generator.random_init=true for a random (test) generator")
     if latent_avg is not None:
         gen.latent_avg = latent_avg.float()
-    generator = StyleGAN2Generator(gen, config, context.device)
+    runtime = getattr(context, "runtime", None)
+    graph_batches = tuple(runtime.graph_batches) if runtime is not None and runtime.cuda_graphs else ()
+    generator = StyleGAN2Generator(gen, config, context.device, graph_batches=graph_batches, log=getattr(context, "log", None))
     if context.profile is not None:
         from latentdub.toolkit.learning.profiles import apply_profile
 
@@ -140,11 +142,15 @@ class StyleGAN2Generator:
     """Implements :class:`~latentdub.toolkit.core.protocols.Generator` around :class:`latentdub.nets.stylegan2.Generator`.
 
     ``module`` is the trainable network (PTI tunes it in place); ``synthesize`` keeps gradients,
-    so wrap calls in ``torch.no_grad()`` for inference.
+    so wrap calls in ``torch.no_grad()`` for inference. ``graph_batches`` (``runtime.cuda_graphs``):
+    batch sizes at which inference on CUDA replays captured CUDA graphs
+    (:class:`latentdub.nets.graphs.GraphedCall`; eager with gradients on or off CUDA).
     """
 
-    def __init__(self, module: Any, config: StyleGAN2Config, device: Any) -> None:
+    def __init__(self, module: Any, config: StyleGAN2Config, device: Any, graph_batches: tuple[int, ...] = (), log: Any = None) -> None:
         import torch
+
+        from latentdub.nets.graphs import GraphedCall
 
         self.config = config
         self.device = torch.device(device)
@@ -157,18 +163,35 @@ class StyleGAN2Generator:
         self.style_dim = module.style_dim
         self._fingerprint = weights_fingerprint(module)
         self._run = torch.compile(module) if config.compile else module
+        #: CUDA-graph replays of one chunk (None: eager); captured under autocast without its weight cache
+        self.graphed = GraphedCall(self._forward, graph_batches, context=lambda: self.autocast(cache=False), log=log, name="generator") if graph_batches else None
+
+    def capture_graphs(self) -> int:
+        """With ``runtime.cuda_graphs`` on CUDA: capture the generator's graphs now (one per batch size); returns how many are held."""
+        import torch
+
+        if self.graphed is None:
+            return 0
+        avg = self.latent_avg
+        w = (avg.reshape(1, 1, -1) if avg is not None else torch.zeros(1, 1, self.style_dim, device=self.device)).to(self.device)
+        with torch.inference_mode():
+            return self.graphed.prepare(w.expand(1, self.n_styles, self.style_dim).contiguous())
+
+    def _forward(self, chunk: Any) -> Any:
+        """One chunk of W+ ``[b, L, D]`` -> float32 images ``[b, 3, S, S]`` (unclamped)."""
+        return self._run(chunk, input_is_latent=True, noise_mode="const", truncation=self.config.truncation).float()
 
     @property
     def latent_avg(self) -> Any:
         """Mean W ``[style_dim]`` (float32, on the device) or None."""
         return self.module.latent_avg
 
-    def autocast(self) -> Any:
-        """Autocast context for the configured precision (a no-op for fp32)."""
+    def autocast(self, cache: bool = True) -> Any:
+        """Autocast context for the configured precision (a no-op for fp32); ``cache=False`` for CUDA-graph capture."""
         import torch
 
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
-        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None)
+        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=cache)
 
     def synthesize(self, w: Any) -> Any:
         """W+ ``[B, n_styles, D]`` (or W ``[B, D]``) -> float32 images ``[B, 3, size, size]`` in [-1, 1], const noise.
@@ -184,11 +207,11 @@ class StyleGAN2Generator:
             from latentdub.toolkit.core.errors import BadInputError
 
             raise BadInputError(f"latents of shape {tuple(w.shape)}: generator expects [B, {self.n_styles}, {self.style_dim}]")
-        out = []
-        with self.autocast():
-            for chunk in w.split(self.config.batch_size):
-                out.append(self._run(chunk, input_is_latent=True, noise_mode="const", truncation=self.config.truncation).float())
-        images = torch.cat(out)
+        if self.graphed is not None and self.graphed.graphable(w):
+            images = torch.cat([self.graphed(chunk) for chunk in w.split(self.config.batch_size)])
+        else:
+            with self.autocast():
+                images = torch.cat([self._forward(chunk) for chunk in w.split(self.config.batch_size)])
         if self.size != self.module.size:
             images = torch.nn.functional.interpolate(images, size=(self.size, self.size), mode="area")
         return images.clamp(-1.0, 1.0)

@@ -11,6 +11,7 @@ from .devices import resolve_device
 from .errors import ConfigError, LatentdubError, PluginError
 from .plugins import get_component
 from .presets import STAGES, Preset
+from .runtime import RuntimeConfig
 
 #: The protocol a built component of each kind must implement.
 PROTOCOLS = {
@@ -34,7 +35,9 @@ class BuildContext:
     :class:`~latentdub.toolkit.core.errors.MissingWeightsError`); ``build(stage)``
     builds the component configured for another stage of the same preset
     (for example a renderer asking for the ``generator`` stage), cached so each
-    stage is built once; ``seed`` seeds random initialisation.
+    stage is built once; ``seed`` seeds random initialisation; ``runtime``
+    is the preset's :class:`~latentdub.toolkit.core.runtime.RuntimeConfig`
+    (e.g. ``runtime.cuda_graphs``).
     """
 
     device: Any
@@ -43,6 +46,7 @@ class BuildContext:
     seed: int = 0
     profile: Optional[Path] = None
     log: Callable[[str], None] = print
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
 
 def build_with_defaults(kind: str, name: str, context: BuildContext) -> Any:
@@ -68,7 +72,8 @@ class Components:
         self._built: dict[str, Any] = {}
         self._building: list[str] = []
         self.context = BuildContext(
-            device=self.device, weights=self._weights, build=self.__getitem__, seed=preset.seed, profile=profile, log=log
+            device=self.device, weights=self._weights, build=self.__getitem__, seed=preset.seed, profile=profile, log=log,
+            runtime=preset.runtime,
         )
 
     @staticmethod

@@ -20,6 +20,7 @@ from .config import NAMES_WEIGHTS, Pattern, Range, config_to_dict, parse_config,
 from .errors import ConfigError
 from .files import write_text_atomic
 from .plugins import get_component
+from .runtime import RuntimeConfig
 
 #: Stage name in a preset -> component kind in the registry.
 STAGES = {
@@ -60,6 +61,9 @@ class OutputConfig:
     audio_channels: Optional[Annotated[int, Range(ge=1, le=8)]] = None
     review: bool = False
     overwrite: bool = False
+    #: H.264 encoder: ``libx264`` (CPU), ``h264_nvenc`` (NVIDIA, when this ffmpeg has it) or ``auto``
+    #: (NVENC when ``ffmpeg -encoders`` lists it and a CUDA device is used, else libx264).
+    video_codec: Literal["libx264", "h264_nvenc", "auto"] = "libx264"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +134,7 @@ class TrackConfig:
     detect_every: Annotated[int, Range(ge=1, le=100)] = 1
 
 
-CORE_SECTIONS = {"output": OutputConfig, "timing": TimingConfig, "speech": SpeechConfig, "track": TrackConfig}
+CORE_SECTIONS = {"output": OutputConfig, "timing": TimingConfig, "speech": SpeechConfig, "track": TrackConfig, "runtime": RuntimeConfig}
 TOP_LEVEL = {"description": str, "device": str, "seed": int, "name": str, "fallback": (str, type(None))}
 #: The offline preset: what ``auto`` picks without neural weights, and every preset's default ``fallback``.
 OFFLINE_PRESET = "preview"
@@ -166,6 +170,8 @@ class Preset:
     fallback: Optional[str] = None
     #: The YAML file the preset was read from (None for a shipped preset).
     source: Optional[Path] = None
+    #: How the run uses the machine (threads, queues, torch frame ops, CUDA graphs).
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
     def input_files(self) -> dict[str, Path]:
         """Files the preset makes a run read, ``{key: path}``: its own YAML, every path setting
@@ -351,7 +357,7 @@ def fallback_preset(preset: Preset) -> Preset:
         ours, theirs = preset.stages["motion"].config, stages["motion"].config
         carried = {k: getattr(ours, k) for k in CARRIED_MOTION_SETTINGS if hasattr(ours, k) and hasattr(theirs, k) and getattr(ours, k) is not None}
         stages["motion"] = dataclasses.replace(stages["motion"], config=dataclasses.replace(theirs, **carried))
-    return dataclasses.replace(chosen, stages=stages, fallback=None, output=preset.output, timing=preset.timing, speech=preset.speech)
+    return dataclasses.replace(chosen, stages=stages, fallback=None, output=preset.output, timing=preset.timing, speech=preset.speech, runtime=preset.runtime)
 
 
 #: Neural presets tried, in order, by the ``auto`` preset: the paper's stack (needs a Stage-1 model), then the public weights alone.

@@ -134,6 +134,27 @@ class Compositor(Protocol):
 
 
 @runtime_checkable
+class TorchRenderer(Protocol):
+    """Optional capability of a renderer: it renders crops that are already torch tensors on its device.
+
+    Used by the staged synthesis pass with ``runtime.frame_ops: torch``, so the
+    crops stay on the GPU from the warp to the composite.
+    """
+
+    def render_torch(self, crops: Any, landmarks: np.ndarray, motion: Motion, frames: np.ndarray) -> Any:
+        """Crops uint8 tensor ``[B, S, S, 3]`` -> rendered uint8 tensor ``[B, S, S, 3]`` on the same device (see ``render``)."""
+
+
+@runtime_checkable
+class TorchCompositor(Protocol):
+    """Optional capability of a compositor: it blends torch tensors on their device (``runtime.frame_ops: torch``)."""
+
+    def composite_torch(self, frame: Any, rendered: Any, alignment: Alignment, landmarks: np.ndarray) -> Any:
+        """Frame uint8 tensor ``[H, W, 3]``, crop uint8 tensor ``[S, S, 3]`` -> new uint8 frame tensor, as ``composite``
+        within one or two levels; pixels outside the mask unchanged."""
+
+
+@runtime_checkable
 class Trainer(Protocol):
     """Stage 1: trains one motion model; ``latentdub train`` (the core's loop) drives it.
 

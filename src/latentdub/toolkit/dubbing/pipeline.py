@@ -35,10 +35,12 @@ from ..core.build import Components
 from ..core.errors import BadInputError, CannotServeError, NoFaceError, PluginError
 from ..core.files import check_input_file, check_not_an_input, claim_outputs, temp_beside
 from ..core.presets import Preset, fallback_preset, preset_path_for, resolve_preset
+from ..core.stages import prefetch
 from ..core.types import Audio, Frame, Motion, TrackedFace
-from ..media.video import IMAGE_SUFFIXES, VideoWriter, check_frame_size, check_output_path, probe_video, read_frames, read_frames_at, read_image
+from ..media.video import IMAGE_SUFFIXES, VideoWriter, choose_video_codec, check_frame_size, check_output_path, probe_video, read_frames, read_frames_at, read_image
 from .review import Review, review_paths
 from .soundtrack import TrackFormat, choose_format, require_copyable, write_track
+from .synthesis import run_frames
 from .timing import Timeline
 
 #: Reference crops handed to ``Renderer.prepare`` (spread over the clip).
@@ -78,6 +80,8 @@ class RunSummary:
     #: How the sound track is stored (codec, rate, layout, depth), and whether the speech stream was copied as is.
     audio_track: str = ""
     audio_copied: bool = False
+    #: Busy seconds of each stage of a staged synthesis pass (``runtime``; see toolkit/dubbing/synthesis.py).
+    busy_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def frames_by_fallback(self) -> int:
@@ -386,7 +390,8 @@ def _synthesise(
         delivered = write_track(sound, preset.speech, timeline, workdir)
     if delivered.gain_db is not None:
         summary.notes.append(f"speech.loudness={preset.speech.loudness:g} dBFS: gain {delivered.gain_db:+.1f} dB")
-    writer = VideoWriter(output, fps, size, preset.output.crf, preset.output.x264_preset, audio=delivered.mux)
+    codec = choose_video_codec(preset.output.video_codec, components.device.type)
+    writer = VideoWriter(output, fps, size, preset.output.crf, preset.output.x264_preset, audio=delivered.mux, codec=codec)
     opened = [writer]
     writers: list[Callable[[np.ndarray, np.ndarray], None]] = [lambda src, out: writer.write(out)]
     sheet_frames: list[np.ndarray] = []
@@ -405,11 +410,12 @@ def _synthesise(
     synth = _Synthesiser(components, motion, writers, summary)
     try:
         with _timed(summary, "render"), _progress(n_out, "render", progress) as bar:
-            for t in range(n_out):
-                image, tracked = frame_for(t)
-                synth.add(t, image, tracked)
-                bar.update(1)
-            synth.flush()
+            if not run_frames(components, motion, writers, summary, frame_for, n_out, bar, DUBBED):  # runtime: overlap / torch frame ops
+                for t in range(n_out):
+                    image, tracked = frame_for(t)
+                    synth.add(t, image, tracked)
+                    bar.update(1)
+                synth.flush()
         with _timed(summary, "encode"):
             for w in opened:
                 w.close()
@@ -479,10 +485,16 @@ def _dub(video: Path, audio: Path, output: str | Path, preset: Preset, profile: 
     detector = components["detector"]
     with _timed(summary, "analyse"), _progress(info.n_frames, "analyse", progress) as bar:
         kept = _FrameKeeper(info.n_frames)
-        track = analyse_video(
-            kept.tee(read_frames(video, fps=fps, info=info)), detector, preset.track, n_frames_hint=info.n_frames,
-            progress=lambda done, total: bar.update(done - bar.n),
-        )
+        decoded = read_frames(video, fps=fps, info=info)
+        if preset.runtime.overlapped(components.device):  # decode on a thread while the detector works
+            decoded = prefetch(decoded, preset.runtime.queue_depth, "decode")
+        try:
+            track = analyse_video(
+                kept.tee(decoded), detector, preset.track, n_frames_hint=info.n_frames,
+                progress=lambda done, total: bar.update(done - bar.n),
+            )
+        finally:
+            decoded.close()  # the decoder (and its thread) stop now, also when the analysis fails
     track.require_face(video)
     if track.n_faces_max > 1:
         summary.notes.append(f"up to {track.n_faces_max} faces per frame; dubbing the {preset.track.select} one (track.select)")

@@ -192,6 +192,55 @@ def check_output_path(path: str | Path) -> Path:
     return path
 
 
+#: H.264 encoders ``output.video_codec`` may name (``auto`` chooses between them).
+VIDEO_CODECS = ("libx264", "h264_nvenc")
+_encoders: frozenset[str] | None = None
+_nvenc_works: bool | None = None
+
+
+def video_encoders() -> frozenset[str]:
+    """Names of the encoders the bundled ffmpeg lists (``ffmpeg -encoders``), read once."""
+    global _encoders
+    if _encoders is None:
+        proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-encoders"], capture_output=True, text=True, errors="replace", check=False)
+        _encoders = frozenset(m.group(1) for m in re.finditer(r"^\s*[VAS][A-Z.]{5}\s+(\S+)", proc.stdout, re.MULTILINE) if m.group(1) != "=")
+    return _encoders
+
+
+def nvenc_works() -> bool:
+    """True when ffmpeg lists ``h264_nvenc`` and it encodes a test frame here (a driver and an NVIDIA GPU are present); checked once."""
+    global _nvenc_works
+    if _nvenc_works is None:
+        _nvenc_works = "h264_nvenc" in video_encoders() and subprocess.run(
+            [ffmpeg_exe(), "-v", "error", "-nostdin", "-f", "lavfi", "-i", "color=s=256x256:d=0.04", "-c:v", "h264_nvenc", "-f", "null", "-"],
+            capture_output=True, check=False, timeout=60,
+        ).returncode == 0
+    return _nvenc_works
+
+
+def choose_video_codec(requested: str, device_type: str = "cpu") -> str:
+    """The encoder for ``output.video_codec``: ``libx264``, ``h264_nvenc`` (refused when this ffmpeg or machine cannot run it)
+    or ``auto`` (NVENC on a CUDA run when it works here, else libx264)."""
+    if requested == "libx264":
+        return requested
+    if requested == "h264_nvenc":
+        if "h264_nvenc" not in video_encoders():
+            raise BadInputError(f"output.video_codec=h264_nvenc: this ffmpeg ({ffmpeg_exe()}) has no NVENC encoder; use libx264 or auto")
+        if not nvenc_works():
+            raise BadInputError("output.video_codec=h264_nvenc: NVENC does not run here (no NVIDIA GPU or driver); use libx264 or auto")
+        return requested
+    if requested == "auto":
+        return "h264_nvenc" if device_type == "cuda" and nvenc_works() else "libx264"
+    raise BadInputError(f"output.video_codec={requested!r}: choose libx264, h264_nvenc or auto")
+
+
+def video_codec_options(codec: str, crf: int, x264_preset: str) -> list[str]:
+    """ffmpeg video codec options: x264 at ``crf``/``x264_preset``, or NVENC at constant quality ``crf`` (preset p4)."""
+    if codec == "h264_nvenc":
+        return ["-c:v", "h264_nvenc", "-preset", "p4", "-rc", "vbr", "-cq", str(max(crf, 1)), "-b:v", "0"]
+    return ["-c:v", "libx264", "-crf", str(crf), "-preset", x264_preset]
+
+
 @dataclass(frozen=True)
 class MuxedAudio:
     """The audio input of a :class:`VideoWriter`: ffmpeg input options ending in ``-i FILE``
@@ -218,6 +267,7 @@ class VideoWriter:
         crf: int = 18,
         x264_preset: str = "veryfast",
         audio: Optional[MuxedAudio] = None,
+        codec: str = "libx264",
     ) -> None:
         self.path = check_output_path(path)
         self.width, self.height = size
@@ -235,7 +285,7 @@ class VideoWriter:
             cmd += ["-map", "1:a:0", *audio.codec]
         cmd += [
             "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
-            "-c:v", "libx264", "-crf", str(crf), "-preset", x264_preset, "-pix_fmt", "yuv420p",
+            *video_codec_options(codec, crf, x264_preset), "-pix_fmt", "yuv420p",
             "-movflags", "+faststart", str(self.tmp),
         ]
         try:

@@ -1,0 +1,240 @@
+"""Torch versions of the per-frame image work: crop warps, feathered masks, soft compositing.
+
+They run on any torch device (the GPU in the fast ``dub`` path, see
+``runtime.frame_ops``) and follow the numpy/OpenCV functions they stand for
+(:func:`.align.warp_to_crop`, :func:`.masks.region_mask` and the ``soft``
+compositor's blend) closely enough to be interchangeable: images agree within
+one or two levels of 255 (OpenCV interpolates in fixed point; these ops round
+sampling positions to the same 1/32 px grid) and every pixel where the mask
+is 0 is returned bit-identical to the input frame.
+
+What stays on the CPU is what is cheap there and shared with the numpy path:
+the alignment matrices, the region's polygon and its rasterised coverage
+(:func:`.masks.fill_polygon`, a few hundred thousand bytes). The Gaussian
+feather (a long separable filter), the warps (``grid_sample``) and the blend
+run on the device.
+
+Layouts: frames uint8 ``[H, W, 3]`` RGB tensors; crops uint8 ``[S, S, 3]``;
+internally float32 ``[1, C, H, W]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from ..core.types import Alignment
+from .masks import Region, fill_polygon, grown_hull, inter_ocular, region_points
+
+#: OpenCV's warps place sampling positions on a 1/32 px grid (``INTER_BITS = 5``), summing the
+#: shares of a row and a column each rounded to 1/1024 px (``AB_BITS = 10``).
+_INTER_TAB = 32
+_AB_SCALE = 1024
+_AB_STEP = _AB_SCALE // _INTER_TAB
+_ROUND_DELTA = _AB_STEP // 2
+#: Colour-match modes these ops implement (``lab`` and Poisson blending stay on the numpy path).
+TORCH_COLOR_MATCH = ("none", "mean_std")
+#: Feather-band pixels needed before colour statistics are trusted (as the soft compositor).
+MIN_RING_PIXELS = 32
+
+
+def frame_tensor(image: np.ndarray, device: Any) -> Any:
+    """uint8 ``[H, W, 3]`` numpy image -> uint8 tensor on ``device`` (through pinned memory, asynchronously, on CUDA).
+
+    Decoded frames are read-only views of the decoder's buffer: they are copied once,
+    into the pinned buffer on CUDA or into a fresh tensor elsewhere.
+    """
+    import torch
+
+    if torch.device(device).type == "cuda":
+        pinned = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
+        pinned.numpy()[...] = image
+        return pinned.to(device, non_blocking=True)
+    return torch.from_numpy(image if image.flags.writeable else image.copy()).to(device)
+
+
+def _chw(image: Any) -> Any:
+    """uint8 ``[H, W, C]`` -> float32 ``[1, C, H, W]``."""
+    return image.permute(2, 0, 1)[None].float()
+
+
+def _hwc_uint8(x: Any) -> Any:
+    """float ``[1, C, H, W]`` in 0..255 -> uint8 ``[H, W, C]``, rounding half up (as OpenCV)."""
+    import torch
+
+    return torch.floor(x[0] + 0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+
+
+def pyr_down(x: Any) -> Any:
+    """``cv2.pyrDown`` of float ``[1, C, H, W]`` holding uint8 values: 5-tap binomial blur, reflect-101 border, every second pixel, rounded."""
+    import torch
+    import torch.nn.functional as F
+
+    c = x.shape[1]
+    taps = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=x.dtype, device=x.device) / 16.0
+    x = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    x = F.conv2d(x, taps.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c, stride=(1, 2))
+    x = F.conv2d(x, taps.view(1, 1, 5, 1).expand(c, 1, 5, 1), groups=c, stride=(2, 1))
+    return torch.floor(x + 0.5)
+
+
+def _sample(src: Any, to_src: np.ndarray, out_hw: tuple[int, int], padding: Literal["zeros", "border", "reflection"]) -> Any:
+    """Bilinear samples of ``src`` ``[1, C, h, w]`` at ``to_src @ (x, y, 1)`` for each output pixel (x, y); float32 ``[1, C, H, W]``.
+
+    Positions are rounded to OpenCV's 1/32 px grid the way ``cv2.warpAffine`` rounds them.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    h_out, w_out = out_hw
+    h, w = src.shape[-2:]
+    m = torch.as_tensor(np.asarray(to_src, np.float64), dtype=torch.float64, device=src.device)
+    ys, xs = torch.meshgrid(
+        torch.arange(h_out, dtype=torch.float64, device=src.device), torch.arange(w_out, dtype=torch.float64, device=src.device), indexing="ij"
+    )
+    # OpenCV's fixed point: each row's and each column's share rounded to 1/1024 px, the sum rounded to 1/32 px
+    sx = torch.floor((torch.round((m[0, 1] * ys + m[0, 2]) * _AB_SCALE) + torch.round(m[0, 0] * xs * _AB_SCALE) + _ROUND_DELTA) / _AB_STEP) / _INTER_TAB
+    sy = torch.floor((torch.round((m[1, 1] * ys + m[1, 2]) * _AB_SCALE) + torch.round(m[1, 0] * xs * _AB_SCALE) + _ROUND_DELTA) / _AB_STEP) / _INTER_TAB
+    grid = torch.stack([(2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1], dim=-1)[None].to(src.dtype)
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+def _invert_affine(m: np.ndarray) -> np.ndarray:
+    a = np.asarray(m, np.float64)
+    inv = np.linalg.inv(a[:, :2])
+    return np.concatenate([inv, -(inv @ a[:, 2])[:, None]], axis=1)
+
+
+def warp_to_crop_torch(frame: Any, alignment: Alignment) -> Any:
+    """Aligned crop uint8 ``[S, S, 3]`` of frame tensor uint8 ``[H, W, 3]``, as :func:`.align.warp_to_crop`.
+
+    The same region of interest, the same Gaussian pyramid steps when the crop
+    shrinks the face more than 2x, bilinear sampling with reflected borders.
+    """
+    m = np.array(alignment.matrix, np.float64)
+    size = alignment.size
+    h, w = int(frame.shape[0]), int(frame.shape[1])
+    corners = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
+    pre = alignment.invert(corners)
+    k = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    pad = 2.0 / min(k, 1.0) + 2.0
+    lo = np.floor(pre.min(0) - pad).astype(int)
+    hi = np.ceil(pre.max(0) + pad).astype(int) + 1
+    x0 = lo[0] if 0 < lo[0] < w else 0
+    y0 = lo[1] if 0 < lo[1] < h else 0
+    x1 = hi[0] if x0 < hi[0] < w else w
+    y1 = hi[1] if y0 < hi[1] < h else h
+    x = _chw(frame[y0:y1, x0:x1])
+    m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)
+    while k < 0.5 and min(x.shape[-2:]) > 8:
+        x = pyr_down(x)
+        m[:, :2] *= 2.0
+        k *= 2.0
+    return _hwc_uint8(_sample(x, _invert_affine(m), (size, size), "reflection"))
+
+
+def warp_crops(frames: list[Any], alignments: list[Alignment]) -> Any:
+    """uint8 ``[B, S, S, 3]``: :func:`warp_to_crop_torch` of each frame tensor with its alignment."""
+    import torch
+
+    return torch.stack([warp_to_crop_torch(f, a) for f, a in zip(frames, alignments)])
+
+
+def gaussian_taps(sigma: float) -> np.ndarray:
+    """float32 taps of OpenCV's Gaussian of ``sigma`` truncated at 3 sigma (``cv2.getGaussianKernel``)."""
+    import cv2
+
+    radius = int(np.ceil(3 * sigma))
+    return cv2.getGaussianKernel(2 * radius + 1, sigma, cv2.CV_32F).reshape(-1)
+
+
+def gaussian_feather_torch(mask: Any, sigma: float) -> Any:
+    """:func:`.masks.gaussian_feather` of float32 ``[h, w]`` tensor: separable Gaussian, zero border, tails clipped."""
+    import torch
+    import torch.nn.functional as F
+
+    x = mask[None, None]
+    if sigma > 0:
+        taps = torch.as_tensor(gaussian_taps(sigma), device=mask.device)
+        r = (len(taps) - 1) // 2
+        x = F.conv2d(F.pad(x, (r, r, 0, 0)), taps.view(1, 1, 1, -1))
+        x = F.conv2d(F.pad(x, (0, 0, r, r)), taps.view(1, 1, -1, 1))
+    x = x[0, 0]
+    x = torch.where(x < 1 / 255, torch.zeros_like(x), x)
+    return torch.where(x > 1 - 1 / 255, torch.ones_like(x), x)
+
+
+def region_mask_torch(
+    landmarks: np.ndarray, image_shape: tuple[int, int], device: Any, region: Region = "lower_face",
+    dilate: float = 0.05, feather: float = 0.12, jaw_margin: float = 0.25,
+) -> tuple[Any, tuple[int, int, int, int]]:
+    """:func:`.masks.region_mask` with the feather on ``device``: (float32 mask tensor ``[y1-y0, x1-x0]``, box (x0, y0, x1, y1))."""
+    import torch
+
+    iod = inter_ocular(landmarks)
+    hull = grown_hull(region_points(landmarks, region, jaw_margin), dilate * iod)
+    sigma = feather * iod
+    pad = int(np.ceil(3 * sigma)) + 2
+    h, w = image_shape
+    x0 = max(int(np.floor(hull[:, 0].min())) - pad, 0)
+    y0 = max(int(np.floor(hull[:, 1].min())) - pad, 0)
+    x1 = min(int(np.ceil(hull[:, 0].max())) + pad + 1, w)
+    y1 = min(int(np.ceil(hull[:, 1].max())) + pad + 1, h)
+    if x1 <= x0 or y1 <= y0:
+        return torch.zeros((0, 0), dtype=torch.float32, device=device), (0, 0, 0, 0)
+    coverage = torch.from_numpy(fill_polygon(hull, (y1 - y0, x1 - x0), (x0, y0))).to(device)
+    return gaussian_feather_torch(coverage, sigma), (x0, y0, x1, y1)
+
+
+def match_colour_torch(warped: Any, base: Any, alpha: Any) -> Any:
+    """Mean/std colour transfer (RGB) of ``warped`` to ``base`` in the feather band; float32 ``[1, 3, h, w]`` 0..255."""
+    import torch
+
+    ring = (alpha > 0.02) & (alpha < 0.98)
+    n = int(ring.sum())
+    if n < MIN_RING_PIXELS:
+        return warped
+    s = warped[0][:, ring]  # [3, n]
+    r = base[0][:, ring]
+    s_mean, r_mean = s.mean(1), r.mean(1)
+    s_std, r_std = s.std(1, unbiased=False), r.std(1, unbiased=False)
+    gain = torch.clamp(r_std / torch.clamp(s_std, min=1e-3), 0.5, 2.0)
+    matched = (warped - s_mean.view(1, 3, 1, 1)) * gain.view(1, 3, 1, 1) + r_mean.view(1, 3, 1, 1)
+    return matched.clamp(0, 255)
+
+
+def composite_torch(
+    frame: Any, rendered: Any, alignment: Alignment, landmarks: np.ndarray, region: Region = "lower_face",
+    dilate: float = 0.05, feather: float = 0.12, jaw_margin: float = 0.25, color_match: str = "mean_std",
+    mask: tuple[Any, tuple[int, int, int, int]] | None = None,
+) -> Any:
+    """The ``soft`` compositor's blend on tensors: frame uint8 ``[H, W, 3]``, crop uint8 ``[S, S, 3]`` -> new uint8 frame.
+
+    ``color_match``: ``none`` or ``mean_std``; ``mask``: a precomputed
+    :func:`region_mask_torch` result. The input frame is not modified; pixels
+    where the mask is 0 keep their exact values.
+    """
+    import torch
+
+    if color_match not in TORCH_COLOR_MATCH:
+        raise ValueError(f"color_match {color_match!r}: torch compositing does {', '.join(TORCH_COLOR_MATCH)}; use runtime.frame_ops=numpy")
+    out = frame.clone()
+    h, w = int(frame.shape[0]), int(frame.shape[1])
+    alpha, (x0, y0, x1, y1) = mask if mask is not None else region_mask_torch(landmarks, (h, w), frame.device, region, dilate, feather, jaw_margin)
+    if alpha.numel() == 0:
+        return out
+    m = np.asarray(alignment.matrix, np.float64)
+    to_crop = np.concatenate([m[:, :2], (m[:, :2] @ np.array([x0, y0], np.float64) + m[:, 2])[:, None]], axis=1)
+    size = (y1 - y0, x1 - x0)
+    crop = _chw(rendered)
+    warped = torch.floor(_sample(crop, to_crop, size, "border") + 0.5).clamp_(0, 255)  # OpenCV returns the warp as uint8
+    ones = torch.ones((1, 1) + tuple(rendered.shape[:2]), dtype=torch.float32, device=frame.device)
+    inside = _sample(ones, to_crop, size, "zeros")[0, 0]
+    alpha = alpha * torch.where(inside > 1 - 1e-3, torch.ones_like(inside), inside)
+    base = _chw(frame[y0:y1, x0:x1])
+    if color_match == "mean_std":
+        warped = match_colour_torch(warped, base, alpha)
+    blended = base + alpha[None, None] * (warped - base)
+    out[y0:y1, x0:x1] = torch.round(blended[0]).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+    return out
