@@ -36,7 +36,7 @@ from ..core.errors import BadInputError, CannotServeError, NoFaceError, PluginEr
 from ..core.files import check_input_file, check_not_an_input, claim_outputs, temp_beside
 from ..core.presets import Preset, fallback_preset, preset_path_for, resolve_preset
 from ..core.stages import prefetch
-from ..core.types import Audio, Frame, Motion, TrackedFace
+from ..core.types import Audio, Frame, TrackedFace
 from ..media.video import IMAGE_SUFFIXES, VideoWriter, choose_video_codec, check_frame_size, check_output_path, probe_video, read_frames, read_frames_at, read_image
 from .review import Review, review_paths
 from .soundtrack import TrackFormat, choose_format, require_copyable, write_track
@@ -219,50 +219,6 @@ def _landmarks(face) -> np.ndarray:
     return face.landmarks68 if face.landmarks68 is not None else face.landmarks5
 
 
-class _Synthesiser:
-    """Renders and composites frames in batches, streaming them to a writer."""
-
-    def __init__(self, components: Components, motion: Motion, writers: list[Callable[[np.ndarray, np.ndarray], None]], summary: RunSummary) -> None:
-        from ..faces.align import warp_to_crop
-
-        self.warp_to_crop = warp_to_crop
-        self.renderer = components["renderer"]
-        self.compositor = components["compositor"]
-        self.batch_size = int(getattr(self.renderer, "batch_size", 1) or 1)
-        self.motion = motion
-        self.writers = writers
-        self.summary = summary
-        self.pending: list[tuple[int, np.ndarray, Optional[TrackedFace]]] = []
-
-    def add(self, out_index: int, image: np.ndarray, tracked: Optional[TrackedFace]) -> None:
-        self.pending.append((out_index, image, tracked))
-        if len(self.pending) >= self.batch_size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        todo = [(i, p) for i, p in enumerate(self.pending) if p[2] is not None and p[2].face is not None]
-        results = {}
-        if todo:
-            crops = np.stack([self.warp_to_crop(p[1], p[2].alignment) for _, p in todo])
-            lms = np.stack([p[2].alignment.apply(_landmarks(p[2].face)) for _, p in todo])
-            frames = np.array([p[0] for _, p in todo])
-            rendered = self.renderer.render(crops, lms, self.motion, frames)
-            for (slot, p), crop in zip(todo, rendered):
-                results[slot] = self.compositor.composite(p[1], crop, p[2].alignment, _landmarks(p[2].face))
-        for slot, (out_index, image, _) in enumerate(self.pending):
-            out = results.get(slot, image)
-            if slot in results:
-                self.summary.frames_with_face += 1
-                self.summary.frame_kinds[out_index] = DUBBED
-            else:
-                self.summary.frames_passed_through += 1
-            for write in self.writers:
-                write(image, out)
-        self.pending.clear()
-
-
 def _contact_sheet(frames: list[np.ndarray], path: Path) -> Path:
     from PIL import Image
 
@@ -407,15 +363,9 @@ def _synthesise(
     if preset.output.contact_sheet:
         counter = iter(range(n_out))
         writers.append(lambda src, out: sheet_frames.append(out.copy()) if next(counter) in sheet_at else None)
-    synth = _Synthesiser(components, motion, writers, summary)
     try:
         with _timed(summary, "render"), _progress(n_out, "render", progress) as bar:
-            if not run_frames(components, motion, writers, summary, frame_for, n_out, bar, DUBBED):  # runtime: overlap / torch frame ops
-                for t in range(n_out):
-                    image, tracked = frame_for(t)
-                    synth.add(t, image, tracked)
-                    bar.update(1)
-                synth.flush()
+            run_frames(components, motion, writers, summary, frame_for, n_out, bar, DUBBED)
         with _timed(summary, "encode"):
             for w in opened:
                 w.close()

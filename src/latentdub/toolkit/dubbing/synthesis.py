@@ -1,12 +1,11 @@
 """The synthesis pass as stages: decode -> crop and render -> composite -> encode.
 
-:func:`run_frames` is what the pipeline's render loop does, cut into four
+:func:`run_frames` is the pipeline's render loop, cut into four
 stages that :func:`~latentdub.toolkit.core.stages.run_stages` runs either on
 threads joined by bounded queues (``runtime.overlap``) or one after another
 in the calling thread. Both modes hand the renderer the same batches (the
-renderer's ``batch_size`` consecutive output frames, as the serial loop of
-the pipeline does) and write the same frames in the same order, so an
-overlapped run writes byte-identical files.
+renderer's ``batch_size`` consecutive output frames) and write the same
+frames in the same order, so an overlapped run writes byte-identical files.
 
 With ``runtime.frame_ops`` torch (``auto`` on CUDA) the crop warps, masks
 and blends run on the run's device (:mod:`latentdub.toolkit.faces.torch_ops`);
@@ -53,11 +52,6 @@ class _Item:
 
 def _landmarks(face: Any) -> np.ndarray:
     return face.landmarks68 if face.landmarks68 is not None else face.landmarks5
-
-
-def wants_runtime_path(runtime: Any, device: Any) -> bool:
-    """True when ``runtime`` asks for the staged path (overlap or torch frame ops) on ``device``."""
-    return runtime.overlapped(device) or runtime.torch_frame_ops(device)
 
 
 class FrameStages:
@@ -127,19 +121,16 @@ class FrameStages:
 def run_frames(
     components: Any, motion: Motion, writers: list[Writer], summary: Any, frame_for: Callable[[int], tuple[np.ndarray, TrackedFace | None]],
     n_out: int, bar: Any, dubbed: int,
-) -> bool:
-    """Synthesise ``n_out`` frames through the staged path when ``components.preset.runtime`` asks for it.
+) -> None:
+    """Synthesise ``n_out`` frames, serially or overlapped as ``components.preset.runtime`` asks.
 
-    Returns False (having done nothing) when the runtime asks for neither
-    overlap nor torch frame ops: the caller's serial loop then runs. Each
-    finished frame goes to every ``writers`` entry as ``write(source, out)``
-    (on the encode thread); ``summary.frame_kinds[t]`` becomes ``dubbed`` for
-    every dubbed frame, and ``summary.busy_seconds`` gets each stage's busy time.
+    Each finished frame goes to every ``writers`` entry as ``write(source, out)``
+    (on the encode thread when overlapped); ``summary.frame_kinds[t]`` becomes
+    ``dubbed`` for every dubbed frame, and ``summary.busy_seconds`` gets each
+    stage's busy time. A run off the default (overlap or torch frame ops) says so in a note.
     """
     runtime = components.preset.runtime
     device = components.device
-    if not wants_runtime_path(runtime, device):
-        return False
     stages = FrameStages(components, motion, device, runtime.torch_frame_ops(device))
 
     def decode() -> Iterator[_Item]:
@@ -164,10 +155,8 @@ def run_frames(
         decode, [("render", stages.render), ("composite", stages.composite), ("encode", encode)],
         depth=runtime.queue_depth, serial=not runtime.overlapped(device), timings=timings,
     )
-    busy = getattr(summary, "busy_seconds", None)
-    if isinstance(busy, dict):
-        busy.update(timings)
-    mode = "overlapped" if runtime.overlapped(device) else "serial"
-    ops = "torch" if stages.torch_ops else "numpy"
-    summary.notes.append(f"synthesis {mode}, {ops} frame ops on {device}; busy seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
-    return True
+    summary.busy_seconds.update(timings)
+    if runtime.overlapped(device) or stages.torch_ops:
+        mode = "overlapped" if runtime.overlapped(device) else "serial"
+        ops = "torch" if stages.torch_ops else "numpy"
+        summary.notes.append(f"synthesis {mode}, {ops} frame ops on {device}; busy seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
