@@ -18,12 +18,8 @@ import numpy as np
 from latentdub.toolkit.core.config import Range
 from latentdub.toolkit.core.errors import BadInputError
 from latentdub.toolkit.core.hookspecs import hookimpl
-from latentdub.toolkit.faces.masks import Region, region_mask
+from latentdub.toolkit.faces.masks import Region, match_colour, region_mask
 from latentdub.toolkit.core.types import Alignment
-
-#: Feather-band pixels (0 < alpha < 1) needed before colour statistics are trusted.
-_MIN_RING_PIXELS = 32
-
 
 @dataclasses.dataclass(frozen=True)
 class SoftCompositorConfig:
@@ -86,32 +82,12 @@ class SoftCompositor:
         alpha = alpha * np.where(inside > 1 - 1e-3, np.float32(1), inside)
         base = frame[y0:y1, x0:x1].astype(np.float32)
         if self.config.color_match != "none":
-            warped = _match_colour(warped, base, alpha, self.config.color_match)
+            warped = match_colour(warped, base, alpha, self.config.color_match)
         if self.config.poisson:
             warped = _poisson(warped, base, alpha)
         blended = base + alpha[..., None] * (warped - base)
         out[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
         return out
-
-
-def _match_colour(warped: np.ndarray, base: np.ndarray, alpha: np.ndarray, mode: str) -> np.ndarray:
-    """Shift the per-channel mean and scale the spread of ``warped`` (float32 RGB 0-255) to ``base`` in the feather band."""
-    ring = (alpha > 0.02) & (alpha < 0.98)
-    if int(ring.sum()) < _MIN_RING_PIXELS:
-        return warped
-    if mode == "lab":
-        src = cv2.cvtColor(warped * np.float32(1 / 255), cv2.COLOR_RGB2Lab)
-        ref = cv2.cvtColor(base * np.float32(1 / 255), cv2.COLOR_RGB2Lab)
-    else:
-        src, ref = warped, base
-    s_ring, r_ring = src[ring], ref[ring]
-    s_mean, s_std = s_ring.mean(0), s_ring.std(0)
-    r_mean, r_std = r_ring.mean(0), r_ring.std(0)
-    gain = np.clip(r_std / np.maximum(s_std, 1e-3), 0.5, 2.0).astype(np.float32)
-    matched = (src - s_mean) * gain + r_mean
-    if mode == "lab":
-        matched = cv2.cvtColor(matched.astype(np.float32), cv2.COLOR_Lab2RGB) * np.float32(255)
-    return np.clip(matched, 0, 255).astype(np.float32)
 
 
 def _poisson(warped: np.ndarray, base: np.ndarray, alpha: np.ndarray) -> np.ndarray:

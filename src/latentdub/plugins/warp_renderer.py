@@ -74,7 +74,7 @@ class WarpRendererConfig:
     teeth: Annotated[float, Range(ge=0, le=1)] = 0.8
 
 
-def _anchors(points68: np.ndarray) -> np.ndarray:
+def anchors(points68: np.ndarray) -> np.ndarray:
     """Fixed mesh anchors ``[15, 2]`` (13 below the jaw, 2 on the cheeks) for a 68-point face in px."""
     tmpl = np.concatenate([TEMPLATE_68[_STABLE], np.ones((len(_STABLE), 1))], axis=1)
     affine, *_ = np.linalg.lstsq(tmpl, points68[_STABLE], rcond=None)  # template units -> px, [3, 2]
@@ -93,7 +93,7 @@ def mesh() -> tuple[np.ndarray, np.ndarray]:
     """
     from scipy.spatial import Delaunay
 
-    nodes = np.concatenate([TEMPLATE_68, _anchors(TEMPLATE_68)])
+    nodes = np.concatenate([TEMPLATE_68, anchors(TEMPLATE_68)])
     outside = np.array([i for i in range(len(nodes)) if i not in set(INNER_LIP)])
     tris = outside[Delaunay(nodes[outside]).simplices]
     lips = nodes[OUTER_LIP].astype(np.float32)
@@ -204,7 +204,7 @@ class WarpRenderer:
         size_y, size_x = crop.shape[:2]
         src68 = dense_landmarks(landmarks)
         tgt68 = self.target_shape(src68, code)
-        src = np.concatenate([src68, _anchors(src68)])
+        src = np.concatenate([src68, anchors(src68)])
         tgt = np.concatenate([tgt68, src[68:]])
         tris, interior = mesh()
         moved = np.abs(tgt - src).max(axis=1) > 1e-3
@@ -219,7 +219,7 @@ class WarpRenderer:
         if x1 <= x0 or y1 <= y0:
             return out
         origin = np.array([x0, y0], np.float64)
-        map_x, map_y = _piecewise_affine_map(src[tris], tgt[tris] - origin, interior, (y1 - y0, x1 - x0), origin)
+        map_x, map_y, _ = piecewise_affine_map(src[tris], tgt[tris] - origin, interior, (y1 - y0, x1 - x0), origin)
         warped = cv2.remap(crop, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         warped = self._paint_interior(warped, src68, tgt68, origin, crop)
         out[y0:y1, x0:x1] = warped
@@ -292,10 +292,10 @@ def _smooth_closed(polygon: np.ndarray, iterations: int = 2) -> np.ndarray:
     return pts
 
 
-def _piecewise_affine_map(
+def piecewise_affine_map(
     src: np.ndarray, tgt: np.ndarray, interior: np.ndarray, shape: tuple[int, int], origin: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """cv2.remap maps float32 ``[h, w]`` (source px) for an output ROI whose pixel (0, 0) is at ``origin``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """cv2.remap maps float32 ``[h, w]`` (source px) for an output ROI whose pixel (0, 0) is at ``origin``, and bool ``[h, w]`` True where a triangle covers the pixel.
 
     ``src``/``tgt``: triangle corners ``[T, 3, 2]`` in source px / ROI px.
     Pixels outside every target triangle map to themselves; degenerate
@@ -322,7 +322,7 @@ def _piecewise_affine_map(
     px, py = xs[sel], ys[sel]
     map_x[sel] = px * a[:, 0, 0] + py * a[:, 1, 0] + a[:, 2, 0]
     map_y[sel] = px * a[:, 0, 1] + py * a[:, 1, 1] + a[:, 2, 1]
-    return map_x, map_y
+    return map_x, map_y, sel
 
 
 def build_warp(config: WarpRendererConfig, context) -> WarpRenderer:
