@@ -334,7 +334,7 @@ class MouthBankRenderer:
                 reason = "5 landmarks in this frame carry no mouth shape"
             if reason is not None:
                 self._drawn[t] = reason
-                out.append(self.warp.render_one(crop, points, codes[t]))
+                out.append(self._warp_from_bank(crop, points, codes[t], int(plan.primary[t])))
                 continue
             self._drawn.pop(t, None)
             self._banked += 1
@@ -343,6 +343,19 @@ class MouthBankRenderer:
                 entries.append((int(plan.secondary[t]), float(plan.weight[t])))
             out.append(self.render_one(crop, np.asarray(points, np.float64), codes[t], entries))
         return np.stack(out)
+
+    def _warp_from_bank(self, crop: np.ndarray, points: np.ndarray, code: np.ndarray, entry: int) -> np.ndarray:
+        """The warp renderer's drawing of ``code``, started from bank ``entry`` drawn at its own opening (-1: from the crop itself).
+
+        The warp renderer then only adds the opening the bank lacks, so a
+        fallback frame keeps the texture of its banked neighbours.
+        """
+        if entry < 0 or np.shape(points)[0] != 68:
+            return self.warp.render_one(crop, points, code)
+        points = np.asarray(points, np.float64)
+        near = np.array([self.shapes[entry, 0], code[1], code[2]], np.float32)
+        start = self.render_one(crop, points, near, [(entry, 1.0)])
+        return self.warp.render_one(start, self.warp.target_shape(points, near), code)
 
     def render_one(self, crop: np.ndarray, points68: np.ndarray, code: np.ndarray, entries: list[tuple[int, float]]) -> np.ndarray:
         """Crop uint8 ``[S, S, 3]`` with landmarks ``[68, 2]`` crop px, code ``[3]``, (bank position, weight) pairs -> uint8 ``[S, S, 3]``."""

@@ -76,9 +76,10 @@ class SoftCompositor:
         m = np.asarray(alignment.matrix, np.float64)
         to_crop = np.concatenate([m[:, :2], (m[:, :2] @ np.array([x0, y0], np.float64) + m[:, 2])[:, None]], axis=1)
         size = (x1 - x0, y1 - y0)
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        warped = cv2.warpAffine(rendered, to_crop, size, flags=flags, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        inside = cv2.warpAffine(np.ones(rendered.shape[:2], np.float32), to_crop, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        flags = cv2.WARP_INVERSE_MAP
+        # bicubic, as warp_to_crop: the round trip keeps the mouth's detail
+        warped = cv2.warpAffine(rendered, to_crop, size, flags=cv2.INTER_CUBIC | flags, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        inside = cv2.warpAffine(np.ones(rendered.shape[:2], np.float32), to_crop, size, flags=cv2.INTER_LINEAR | flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         alpha = alpha * np.where(inside > 1 - 1e-3, np.float32(1), inside)
         base = frame[y0:y1, x0:x1].astype(np.float32)
         if self.config.color_match != "none":
