@@ -120,8 +120,9 @@ def _row(label: str, v: dict[str, float]) -> str:
 
 
 def speed(folder: Path, seconds: float) -> list[str]:
-    from latentdub.toolkit.dubbing.pipeline import dub
     from measure_peak_memory import _ffmpeg
+
+    from latentdub.toolkit.dubbing.pipeline import dub
 
     clip = folder / "720p.mp4"
     _ffmpeg("-stream_loop", "-1", "-i", str(GRID / "bbaf2n.mpg"), "-t", str(seconds), "-vf", "scale=1280:720,setsar=1",
