@@ -8,12 +8,16 @@ seen, its mouth shape (:func:`~latentdub.toolkit.faces.measures.mouth_shapes`:
 opening, width, protrusion in the units of the ``mouth`` motion codes).
 
 Selection (:meth:`MouthBankRenderer.plan`): for each output frame the
-``candidates`` bank entries nearest to the target code (shape, plus the pose
-and time distance to the source frame it is drawn on), plus the entries that
-continue the previous frame's candidates; a Viterbi pass over the whole
-timeline then minimises the unary costs plus a transition cost (0 for the
-next source frame, ``hold_cost`` for the same one, ``jump_cost`` otherwise),
-so choices do not flicker and runs of consecutive real frames win.
+``candidates`` bank entries of least cost (the mouth-shape distance to the
+target code, plus the pose distance and a saturating time distance to the
+source frame it is drawn on, ``Motion.extra["source_index"]``), plus the
+entries that continue the previous frame's candidates; a Viterbi pass over
+the whole timeline then minimises those costs plus a transition cost (0 for
+the next source frame, ``hold_cost`` for the same one, ``jump_cost``
+otherwise), so choices do not flicker and runs of consecutive real frames
+win. The source's phones are not known to a renderer (the study pass shows
+crops, not the clip's sound), so the bank is indexed by measured shape and
+pose only.
 
 Rendering: the target landmarks are those the ``warp`` renderer would give
 the current face for the code (:meth:`WarpRenderer.target_shape`); the chosen
@@ -83,8 +87,10 @@ class MouthBankConfig:
     protrusion_scale: Annotated[float, Range(gt=0, le=10)] = 0.5
     #: Head-pose difference (yaw and pitch proxies in IOD, roll in radians) that costs 1.
     pose_scale: Annotated[float, Range(gt=0, le=1)] = 0.05
-    #: Cost per second between a bank entry and the source frame it is drawn on (lighting drifts).
-    time_cost: Annotated[float, Range(ge=0, le=100)] = 0.05
+    #: Cost of a bank entry far in time from the source frame it is drawn on (lighting, pose and backdrop drift):
+    #: ``time_cost * (1 - exp(-seconds apart / time_scale))``.
+    time_cost: Annotated[float, Range(ge=0, le=100)] = 4.0
+    time_scale: Annotated[float, Range(gt=0, le=3600)] = 1.0
     #: Transition costs: showing the same entry again, and any jump that is not the next source frame.
     hold_cost: Annotated[float, Range(ge=0, le=100)] = 1.0
     jump_cost: Annotated[float, Range(ge=0, le=100)] = 3.0
@@ -188,9 +194,11 @@ class MouthBank:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """The chosen bank entries of every output frame: ``primary`` and ``secondary`` int64 ``[T]`` bank
-    positions (-1: none), ``weight`` float32 ``[T]`` of the secondary, ``fallback`` {frame: reason}."""
+    """What the renderer draws at each output frame of ``codes`` (the target, float64 ``[T, 3]``): bank positions
+    ``primary`` and ``secondary`` int64 ``[T]`` (-1: none), ``weight`` float32 ``[T]`` of the secondary, and
+    ``fallback`` {frame: reason} for the frames the warp renderer draws."""
 
+    codes: np.ndarray
     primary: np.ndarray
     secondary: np.ndarray
     weight: np.ndarray
@@ -240,7 +248,7 @@ class MouthBankRenderer:
         codes = np.asarray(motion.codes, np.float64)
         n = len(codes)
         if self.unusable is not None:
-            plan = Plan(np.full(n, -1), np.full(n, -1), np.zeros(n, np.float32), {t: self.unusable for t in range(n)})
+            plan = Plan(codes, np.full(n, -1), np.full(n, -1), np.zeros(n, np.float32), {t: self.unusable for t in range(n)})
             self._plan = (id(motion), plan)
             return plan
         source = np.asarray(motion.extra.get("source_index", np.arange(n)), np.int64)
@@ -252,7 +260,8 @@ class MouthBankRenderer:
             """Cost float64 of showing bank entries ``entries`` at output frames ``t`` (same shapes, broadcast)."""
             shape = (((self.shapes[entries] - codes[t]) / scale) ** 2).sum(-1)
             pose = (((bank.poses[entries] - src_pose[t]) / cfg.pose_scale) ** 2).sum(-1)
-            return shape + pose + cfg.time_cost * np.abs(bank.frames[entries] - source[t]) / motion.fps
+            apart = np.abs(bank.frames[entries] - source[t]) / motion.fps
+            return shape + pose + cfg.time_cost * -np.expm1(-apart / cfg.time_scale)
 
         k = min(cfg.candidates, count)
         nearest = np.zeros((n, k), np.int64)
@@ -267,7 +276,7 @@ class MouthBankRenderer:
         cands = np.concatenate([nearest, np.r_[nearest[:1], follow[:-1]]], axis=1)
         costs = unary(np.arange(n)[:, None], cands)
         path = self._viterbi(cands, costs, runs_on)
-        plan = self._crossfaded(path, runs_on)
+        plan = self._crossfaded(codes, path, runs_on)
         self._plan = (id(motion), dataclasses.replace(plan, fallback=self._unservable(codes)))
         return self._plan[1]
 
@@ -291,7 +300,7 @@ class MouthBankRenderer:
             j = back[t, j]
         return path
 
-    def _crossfaded(self, path: np.ndarray, runs_on: np.ndarray) -> Plan:
+    def _crossfaded(self, codes: np.ndarray, path: np.ndarray, runs_on: np.ndarray) -> Plan:
         """At each jump of ``path``, blend in the other side's neighbour: the new run's predecessor before, the old run's successor after."""
         n = len(path)
         secondary = np.full(n, -1, np.int64)
@@ -304,7 +313,7 @@ class MouthBankRenderer:
                 secondary[t - 1], weight[t - 1] = after - 1, self.config.crossfade
             if runs_on[before]:
                 secondary[t], weight[t] = before + 1, self.config.crossfade
-        return Plan(path, secondary, weight, {})
+        return Plan(codes, path, secondary, weight, {})
 
     def _unservable(self, codes: np.ndarray) -> dict[int, str]:
         """Output frames whose target opening no bank entry comes within ``max_opening_gap`` of, with the reason."""
@@ -389,12 +398,10 @@ class MouthBankRenderer:
         out[y0:y1, x0:x1] = np.clip(np.rint(base + alpha[..., None] * (mixed - base)), 0, 255).astype(np.uint8)
         return out
 
-    def chosen_frames(self, motion: Motion) -> np.ndarray:
-        """Source frame index int64 ``[T]`` of each output frame's main bank entry (-1 where the warp renderer draws it)."""
-        plan = self.plan(motion)
-        out = np.where(plan.primary >= 0, self.bank.frames[np.maximum(plan.primary, 0)], -1)
-        out[list(plan.fallback)] = -1
-        return out
+    @property
+    def last_plan(self) -> Plan | None:
+        """The plan of the last motion rendered (None before the first render)."""
+        return None if self._plan is None else self._plan[1]
 
     def report(self) -> RenderReport:
         """How many frames real mouths served, the bank's size, and the frames the warp renderer drew, with why."""
