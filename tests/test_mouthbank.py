@@ -9,7 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latentdub.plugins.mouthbank import MouthBankConfig, MouthBankRenderer, build_mouthbank
+from latentdub.plugins.mouthbank import (
+    MouthBankConfig,
+    MouthBankRenderer,
+    build_mouthbank,
+)
 from latentdub.toolkit.core import plugins
 from latentdub.toolkit.core.hookspecs import hookimpl
 from latentdub.toolkit.dubbing.pipeline import FALLBACK, animate, dub
@@ -100,7 +104,7 @@ def test_a_closed_mouth_clip_falls_back_and_says_why(grid_clips, probe, tmp_path
 
 def test_too_short_a_clip_gets_the_warp_renderer_and_a_clear_note(grid_clips, probe, portrait, tmp_path):
     short = trimmed(clip(grid_clips, "bbaf2n"), tmp_path / "short.mp4", 20, 8)
-    summary, renderer, plan = run(probe, short, clip(grid_clips, "brbk7n"), tmp_path / "o.mp4")
+    summary, _, _ = run(probe, short, clip(grid_clips, "brbk7n"), tmp_path / "o.mp4")
     n = probe_video(tmp_path / "o.mp4").n_frames
     assert n >= 7 and summary.frames_by_fallback == summary.frames_with_face == summary.frames
     note = next(x for x in summary.notes if "too few for a mouth bank" in x)
