@@ -101,8 +101,8 @@ class MouthBankConfig:
     feather: Annotated[float, Range(ge=0, le=0.5)] = 0.05
     #: Colour transfer of the chosen mouth to the crop, measured in the feather band.
     color_match: Literal["none", "mean_std", "lab"] = "mean_std"
-    #: The warp renderer that draws frames the bank cannot serve.
-    warp: WarpRendererConfig = dataclasses.field(default_factory=WarpRendererConfig)
+    #: The warp renderer that draws frames the bank cannot serve (it paints their whole interior rather than stretch a real one).
+    warp: WarpRendererConfig = dataclasses.field(default_factory=lambda: WarpRendererConfig(paint_floor=1.0))
 
 
 class MouthBank:

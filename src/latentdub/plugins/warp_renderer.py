@@ -72,6 +72,9 @@ class WarpRendererConfig:
     max_opening: Annotated[float, Range(gt=0, le=2)] = 0.5
     #: Opacity of the upper-teeth band painted into newly opened mouths (0 = no teeth).
     teeth: Annotated[float, Range(ge=0, le=1)] = 0.8
+    #: Least opacity of the painted mouth interior where the target opens wider than the source
+    #: (0: paint only the share of the opening the source lacks; 1: paint it all, never stretch the source's interior).
+    paint_floor: Annotated[float, Range(ge=0, le=1)] = 0.0
 
 
 def anchors(points68: np.ndarray) -> np.ndarray:
@@ -229,14 +232,14 @@ class WarpRenderer:
         """Paint cavity and teeth where the target opening exceeds what the source shows (``roi`` uint8 at ``origin``).
 
         Opacity is the share of the target gap the source cannot supply,
-        ``(target - source) / target``, so a source that already shows its
-        mouth interior keeps it. Works on the opening's bounding box only.
+        ``(target - source) / target`` (at least ``paint_floor``), so a source
+        that already shows its mouth interior keeps it. Works on the opening's bounding box only.
         """
         _, u, v, iod = face_frame(tgt68)
         gap_t, gap_s = mouth_opening(tgt68), mouth_opening(src68)
         if gap_t * iod < 1.0 or gap_t <= gap_s:
             return roi
-        strength = (gap_t - gap_s) / gap_t
+        strength = max((gap_t - gap_s) / gap_t, self.config.paint_floor)
         contour = _smooth_closed(tgt68[INNER_LIP])
         # the opening's box inside the ROI, with room for the soft edge
         bx0, by0 = np.maximum(np.floor(contour.min(0) - origin).astype(int) - 3, 0)

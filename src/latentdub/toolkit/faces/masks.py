@@ -227,19 +227,17 @@ def match_colour(warped: np.ndarray, base: np.ndarray, alpha: np.ndarray, mode: 
     (RGB) or ``lab``. Statistics come from pixels with 0.02 < alpha < 0.98 (at least
     :data:`MIN_RING_PIXELS`, else ``warped`` is returned as is); gains are clipped to 0.5-2.
     """
-    ring = (alpha > 0.02) & (alpha < 0.98)
-    if int(ring.sum()) < MIN_RING_PIXELS:
+    ring = ((alpha > 0.02) & (alpha < 0.98)).astype(np.uint8)
+    if cv2.countNonZero(ring) < MIN_RING_PIXELS:
         return warped
     if mode == "lab":
         src = cv2.cvtColor(warped * np.float32(1 / 255), cv2.COLOR_RGB2Lab)
         ref = cv2.cvtColor(base * np.float32(1 / 255), cv2.COLOR_RGB2Lab)
     else:
         src, ref = warped, base
-    s_ring, r_ring = src[ring], ref[ring]
-    s_mean, s_std = s_ring.mean(0), s_ring.std(0)
-    r_mean, r_std = r_ring.mean(0), r_ring.std(0)
-    gain = np.clip(r_std / np.maximum(s_std, 1e-3), 0.5, 2.0).astype(np.float32)
-    matched = (src - s_mean) * gain + r_mean
+    (s_mean, s_std), (r_mean, r_std) = (np.asarray(cv2.meanStdDev(x, mask=ring), np.float32).reshape(2, 3) for x in (src, ref))
+    gain = np.clip(r_std / np.maximum(s_std, 1e-3), 0.5, 2.0)
+    matched = src * gain + (r_mean - s_mean * gain)
     if mode == "lab":
         matched = cv2.cvtColor(matched.astype(np.float32), cv2.COLOR_Lab2RGB) * np.float32(255)
     return np.clip(matched, 0, 255).astype(np.float32)
