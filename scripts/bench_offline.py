@@ -125,7 +125,7 @@ def speed(folder: Path, seconds: float) -> list[str]:
     from latentdub.toolkit.dubbing.pipeline import dub
 
     clip = folder / "720p.mp4"
-    _ffmpeg("-stream_loop", "-1", "-i", str(GRID / "bbaf2n.mpg"), "-t", str(seconds), "-vf", "scale=1280:720,setsar=1",
+    _ffmpeg("-stream_loop", "-1", "-i", str(GRID / "bbaf2n.mpg"), "-t", str(seconds), "-vf", "scale=1280:720,setsar=1", "-r", "25",
             "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(clip))
     rows = ["| preset | frames | stage seconds | frames/s (stages) | wall s | frames/s (wall) |", "|---|---|---|---|---|---|"]
     for name, preset in RENDERERS.items():
