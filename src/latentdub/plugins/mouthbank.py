@@ -97,7 +97,7 @@ class MouthBankConfig:
     #: Transition costs: showing the same entry again, and any jump that is not the next source frame.
     hold_cost: Annotated[float, Range(ge=0, le=100)] = 1.0
     jump_cost: Annotated[float, Range(ge=0, le=100)] = 3.0
-    #: Weight of the neighbouring choice cross-faded in on both sides of a jump.
+    #: Weight of the neighbouring choice cross-faded in on both sides of a jump, and of the warp drawing next to a fallback frame.
     crossfade: Annotated[float, Range(ge=0, le=0.5)] = 0.33
     #: Blend region in the crop: lower face grown this far below the jaw, feathered with this sigma (IOD).
     jaw_margin: Annotated[float, Range(ge=0, le=1)] = 0.15
@@ -197,10 +197,13 @@ class MouthBank:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """What the renderer draws at each output frame of ``codes`` (the target, float64 ``[T, 3]``, openings fitted
-    to the clip's range): bank positions
-    ``primary`` and ``secondary`` int64 ``[T]`` (-1: none), ``weight`` float32 ``[T]`` of the secondary, and
-    ``fallback`` {frame: reason} for the frames the warp renderer draws."""
+    """What the renderer draws at each output frame.
+
+    ``codes``: the target float64 ``[T, 3]`` (openings fitted to the clip's
+    range with ``fit_openings``); ``primary``, ``secondary``: bank positions
+    int64 ``[T]`` (-1: none); ``weight``: float32 ``[T]`` of the secondary;
+    ``fallback``: {frame: reason} for the frames the warp renderer draws.
+    """
 
     codes: np.ndarray
     primary: np.ndarray
