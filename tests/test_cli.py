@@ -39,12 +39,12 @@ def test_dry_run_prints_resolved_preset(tmp_path):
     assert not (tmp_path / "o.mp4").exists()
 
 
-def test_auto_preset_falls_back_to_preview_and_says_so(tmp_path, monkeypatch):
+def test_auto_preset_falls_back_to_offline_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("LATENTDUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("LATENTDUB_OFFLINE", "1")
     result = CliRunner().invoke(cli, ["dub", "a.mp4", "b.wav", "-o", str(tmp_path / "o.mp4"), "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "using the offline preview backend" in result.output
+    assert "using the offline backend (preset offline)" in result.output
     assert "visemes" in result.output
 
 
@@ -85,7 +85,7 @@ def test_doctor_reports_what_works(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "ffmpeg version" in result.output and "device auto ->" in result.output
     assert "psp_ffhq_encode, audio2latent" in result.output  # each missing weight named once
-    assert "using the offline preview backend" in result.output
+    assert "using the offline backend (preset offline)" in result.output
 
 
 def test_transcript_option_keeps_any_text(tmp_path):

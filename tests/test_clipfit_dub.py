@@ -57,10 +57,10 @@ def test_a_fit_too_weak_falls_back_to_the_offline_preset(grid_clips, tmp_path):
     n = probe_video(grid_clips[0]).n_frames
     assert f"{n}/{n} output frames dubbed ({n} by a fallback)" in result.output
     notes = summary_notes(result.output)
-    assert any("could not serve" in m and "R^2" in m and "min_r2 0.99" in m and "'preview'" in m for m in notes)
+    assert any("could not serve" in m and "R^2" in m and "min_r2 0.99" in m and "'offline'" in m for m in notes)
     assert "tiny attempt" in result.output  # the time spent on the attempt is counted
     saved = yaml.safe_load((tmp_path / "weak.latentdub.yaml").read_text())
-    assert saved["renderer"]["plugin"] == "warp" and saved["motion"]["transcript"] == "lay blue by c two again"
+    assert saved["renderer"]["plugin"] == "mouthbank" and saved["motion"]["transcript"] == "lay blue by c two again"
     # without a fallback the same run fails with exit 7 and writes nothing
     bare = tmp_path / "bare.mp4"
     result = invoke("dub", grid_clips[0], grid_clips[3], "-o", bare, "--preset", "tiny", *CLIPFIT, "--set", "motion.min_r2=0.99", "--set", "fallback=null", "--quiet")

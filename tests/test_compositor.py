@@ -128,7 +128,7 @@ def test_outside_mask_is_bit_identical_and_inside_is_the_rendered_crop(scene):
     assert outside.mean() > 0.7
     assert np.array_equal(out[outside], frame[outside])
     # deep inside: exactly the rendered crop warped back (up to interpolation rounding)
-    back = cv2.warpAffine(rendered, alignment.inverse_matrix(), frame.shape[1::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    back = cv2.warpAffine(rendered, alignment.inverse_matrix(), frame.shape[1::-1], flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
     core = alpha == 1
     assert core.sum() > 2000
     diff = np.abs(out[core].astype(int) - back[core].astype(int))

@@ -113,7 +113,7 @@ def test_readme_main_command_offline(pair, tmp_path):
     out = tmp_path / "dubbed.mp4"
     proc = subprocess.run([exe, "dub", str(video), str(speech), "-o", str(out)], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "using the offline preview backend" in proc.stderr
+    assert "using the offline backend (preset offline)" in proc.stderr
     info = probe_video(out)
     assert info.has_audio and info.fps == 25 and sum(1 for _ in read_frames(out)) >= 74
 

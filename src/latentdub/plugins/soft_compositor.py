@@ -18,12 +18,8 @@ import numpy as np
 from latentdub.toolkit.core.config import Range
 from latentdub.toolkit.core.errors import BadInputError
 from latentdub.toolkit.core.hookspecs import hookimpl
-from latentdub.toolkit.faces.masks import Region, region_mask
+from latentdub.toolkit.faces.masks import Region, match_colour, region_mask
 from latentdub.toolkit.core.types import Alignment
-
-#: Feather-band pixels (0 < alpha < 1) needed before colour statistics are trusted.
-_MIN_RING_PIXELS = 32
-
 
 @dataclasses.dataclass(frozen=True)
 class SoftCompositorConfig:
@@ -80,13 +76,14 @@ class SoftCompositor:
         m = np.asarray(alignment.matrix, np.float64)
         to_crop = np.concatenate([m[:, :2], (m[:, :2] @ np.array([x0, y0], np.float64) + m[:, 2])[:, None]], axis=1)
         size = (x1 - x0, y1 - y0)
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        warped = cv2.warpAffine(rendered, to_crop, size, flags=flags, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        inside = cv2.warpAffine(np.ones(rendered.shape[:2], np.float32), to_crop, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        flags = cv2.WARP_INVERSE_MAP
+        # bicubic, as warp_to_crop: the round trip keeps the mouth's detail
+        warped = cv2.warpAffine(rendered, to_crop, size, flags=cv2.INTER_CUBIC | flags, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        inside = cv2.warpAffine(np.ones(rendered.shape[:2], np.float32), to_crop, size, flags=cv2.INTER_LINEAR | flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         alpha = alpha * np.where(inside > 1 - 1e-3, np.float32(1), inside)
         base = frame[y0:y1, x0:x1].astype(np.float32)
         if self.config.color_match != "none":
-            warped = _match_colour(warped, base, alpha, self.config.color_match)
+            warped = match_colour(warped, base, alpha, self.config.color_match)
         if self.config.poisson:
             warped = _poisson(warped, base, alpha)
         blended = base + alpha[..., None] * (warped - base)
@@ -110,26 +107,6 @@ class SoftCompositor:
             out = self.composite(frame.cpu().numpy(), rendered.cpu().numpy(), alignment, landmarks)
             return torch.from_numpy(out).to(frame.device)
         return composite_torch(frame, rendered, alignment, landmarks, c.region, c.dilate, c.feather, c.jaw_margin, c.color_match)
-
-
-def _match_colour(warped: np.ndarray, base: np.ndarray, alpha: np.ndarray, mode: str) -> np.ndarray:
-    """Shift the per-channel mean and scale the spread of ``warped`` (float32 RGB 0-255) to ``base`` in the feather band."""
-    ring = (alpha > 0.02) & (alpha < 0.98)
-    if int(ring.sum()) < _MIN_RING_PIXELS:
-        return warped
-    if mode == "lab":
-        src = cv2.cvtColor(warped * np.float32(1 / 255), cv2.COLOR_RGB2Lab)
-        ref = cv2.cvtColor(base * np.float32(1 / 255), cv2.COLOR_RGB2Lab)
-    else:
-        src, ref = warped, base
-    s_ring, r_ring = src[ring], ref[ring]
-    s_mean, s_std = s_ring.mean(0), s_ring.std(0)
-    r_mean, r_std = r_ring.mean(0), r_ring.std(0)
-    gain = np.clip(r_std / np.maximum(s_std, 1e-3), 0.5, 2.0).astype(np.float32)
-    matched = (src - s_mean) * gain + r_mean
-    if mode == "lab":
-        matched = cv2.cvtColor(matched.astype(np.float32), cv2.COLOR_Lab2RGB) * np.float32(255)
-    return np.clip(matched, 0, 255).astype(np.float32)
 
 
 def _poisson(warped: np.ndarray, base: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -72,9 +72,12 @@ class WarpRendererConfig:
     max_opening: Annotated[float, Range(gt=0, le=2)] = 0.5
     #: Opacity of the upper-teeth band painted into newly opened mouths (0 = no teeth).
     teeth: Annotated[float, Range(ge=0, le=1)] = 0.8
+    #: Least opacity of the painted mouth interior where the target opens wider than the source
+    #: (0: paint only the share of the opening the source lacks; 1: paint it all, never stretch the source's interior).
+    paint_floor: Annotated[float, Range(ge=0, le=1)] = 0.0
 
 
-def _anchors(points68: np.ndarray) -> np.ndarray:
+def anchors(points68: np.ndarray) -> np.ndarray:
     """Fixed mesh anchors ``[15, 2]`` (13 below the jaw, 2 on the cheeks) for a 68-point face in px."""
     tmpl = np.concatenate([TEMPLATE_68[_STABLE], np.ones((len(_STABLE), 1))], axis=1)
     affine, *_ = np.linalg.lstsq(tmpl, points68[_STABLE], rcond=None)  # template units -> px, [3, 2]
@@ -93,7 +96,7 @@ def mesh() -> tuple[np.ndarray, np.ndarray]:
     """
     from scipy.spatial import Delaunay
 
-    nodes = np.concatenate([TEMPLATE_68, _anchors(TEMPLATE_68)])
+    nodes = np.concatenate([TEMPLATE_68, anchors(TEMPLATE_68)])
     outside = np.array([i for i in range(len(nodes)) if i not in set(INNER_LIP)])
     tris = outside[Delaunay(nodes[outside]).simplices]
     lips = nodes[OUTER_LIP].astype(np.float32)
@@ -204,7 +207,7 @@ class WarpRenderer:
         size_y, size_x = crop.shape[:2]
         src68 = dense_landmarks(landmarks)
         tgt68 = self.target_shape(src68, code)
-        src = np.concatenate([src68, _anchors(src68)])
+        src = np.concatenate([src68, anchors(src68)])
         tgt = np.concatenate([tgt68, src[68:]])
         tris, interior = mesh()
         moved = np.abs(tgt - src).max(axis=1) > 1e-3
@@ -219,7 +222,7 @@ class WarpRenderer:
         if x1 <= x0 or y1 <= y0:
             return out
         origin = np.array([x0, y0], np.float64)
-        map_x, map_y = _piecewise_affine_map(src[tris], tgt[tris] - origin, interior, (y1 - y0, x1 - x0), origin)
+        map_x, map_y, _ = piecewise_affine_map(src[tris], tgt[tris] - origin, interior, (y1 - y0, x1 - x0), origin)
         warped = cv2.remap(crop, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         warped = self._paint_interior(warped, src68, tgt68, origin, crop)
         out[y0:y1, x0:x1] = warped
@@ -229,14 +232,14 @@ class WarpRenderer:
         """Paint cavity and teeth where the target opening exceeds what the source shows (``roi`` uint8 at ``origin``).
 
         Opacity is the share of the target gap the source cannot supply,
-        ``(target - source) / target``, so a source that already shows its
-        mouth interior keeps it. Works on the opening's bounding box only.
+        ``(target - source) / target`` (at least ``paint_floor``), so a source
+        that already shows its mouth interior keeps it. Works on the opening's bounding box only.
         """
         _, u, v, iod = face_frame(tgt68)
         gap_t, gap_s = mouth_opening(tgt68), mouth_opening(src68)
         if gap_t * iod < 1.0 or gap_t <= gap_s:
             return roi
-        strength = (gap_t - gap_s) / gap_t
+        strength = max((gap_t - gap_s) / gap_t, self.config.paint_floor)
         contour = _smooth_closed(tgt68[INNER_LIP])
         # the opening's box inside the ROI, with room for the soft edge
         bx0, by0 = np.maximum(np.floor(contour.min(0) - origin).astype(int) - 3, 0)
@@ -292,10 +295,10 @@ def _smooth_closed(polygon: np.ndarray, iterations: int = 2) -> np.ndarray:
     return pts
 
 
-def _piecewise_affine_map(
+def piecewise_affine_map(
     src: np.ndarray, tgt: np.ndarray, interior: np.ndarray, shape: tuple[int, int], origin: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """cv2.remap maps float32 ``[h, w]`` (source px) for an output ROI whose pixel (0, 0) is at ``origin``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """cv2.remap maps float32 ``[h, w]`` (source px) for an output ROI whose pixel (0, 0) is at ``origin``, and bool ``[h, w]`` True where a triangle covers the pixel.
 
     ``src``/``tgt``: triangle corners ``[T, 3, 2]`` in source px / ROI px.
     Pixels outside every target triangle map to themselves; degenerate
@@ -322,7 +325,7 @@ def _piecewise_affine_map(
     px, py = xs[sel], ys[sel]
     map_x[sel] = px * a[:, 0, 0] + py * a[:, 1, 0] + a[:, 2, 0]
     map_y[sel] = px * a[:, 0, 1] + py * a[:, 1, 1] + a[:, 2, 1]
-    return map_x, map_y
+    return map_x, map_y, sel
 
 
 def build_warp(config: WarpRendererConfig, context) -> WarpRenderer:

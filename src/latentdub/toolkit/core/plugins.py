@@ -49,6 +49,7 @@ DEFAULT_PLUGINS = (
     "latentdub.plugins.soft_compositor",
     "latentdub.plugins.neural_renderer",
     "latentdub.plugins.warp_renderer",
+    "latentdub.plugins.mouthbank",
     "latentdub.plugins.audio2latent",
     "latentdub.plugins.viseme_motion",
     "latentdub.plugins.clipfit",

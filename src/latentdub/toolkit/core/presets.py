@@ -136,8 +136,9 @@ class TrackConfig:
 
 CORE_SECTIONS = {"output": OutputConfig, "timing": TimingConfig, "speech": SpeechConfig, "track": TrackConfig, "runtime": RuntimeConfig}
 TOP_LEVEL = {"description": str, "device": str, "seed": int, "name": str, "fallback": (str, type(None))}
-#: The offline preset: what ``auto`` picks without neural weights, and every preset's default ``fallback``.
-OFFLINE_PRESET = "preview"
+#: The offline preset: what ``auto`` picks without neural weights, and every preset's default ``fallback``
+#: (``mouthbank``; ``preview``, the warp renderer alone, stays available and names no fallback).
+OFFLINE_PRESET = "offline"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,5 +393,5 @@ def choose_auto_preset(log=print) -> str:
             log(f"preset auto: using {name}" + (f" ({'; '.join(passed)})" if passed else ""))
             return name
         passed.append(f"{name} needs {', '.join(missing)}")
-    log(f"preset auto: neural weights not found ({'; '.join(passed)}); using the offline {OFFLINE_PRESET} backend")
+    log(f"preset auto: neural weights not found ({'; '.join(passed)}); using the offline backend (preset {OFFLINE_PRESET})")
     return OFFLINE_PRESET

@@ -183,6 +183,8 @@ class Motion:
     summary (for example a fallback the model took and why). ``extra["mouth"]``
     (float32 ``[T, 3]``, as the ``"mouth"`` codes), when a model of another
     kind provides it, is the target mouth shape the review page plots.
+    ``extra["source_index"]`` (int64 ``[T]``, set by the pipeline) is the
+    source frame each output frame is drawn on.
     """
 
     kind: str

@@ -340,6 +340,7 @@ def _synthesise(
         motion = motion_model.predict(speech, fps, n_out, identity)
         if len(motion) != n_out:
             raise PluginError(f"motion plugin {preset.stages['motion'].plugin!r} returned {len(motion)} frames, expected {n_out}")
+        motion.extra.setdefault("source_index", np.asarray(timeline.source_index, np.int64))  # what each output frame shows
     summary.notes += [str(n) for n in motion.extra.get("notes", ())]
     summary.frame_kinds = np.full(n_out, PASSED, np.uint8)
     with _timed(summary, "audio"):

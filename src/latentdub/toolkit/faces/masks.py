@@ -53,6 +53,8 @@ _FIVE_FROM_68 = np.stack([TEMPLATE_68[36:42].mean(0), TEMPLATE_68[42:48].mean(0)
 Region = Literal["mouth", "lower_face", "face"]
 #: Vertical supersampling of polygon rasterisation.
 _ROW_SUPERSAMPLING = 4
+#: Feather-band pixels (0 < alpha < 1) needed before colour statistics are trusted (:func:`match_colour`).
+MIN_RING_PIXELS = 32
 
 
 def _as_points(landmarks: np.ndarray) -> np.ndarray:
@@ -216,3 +218,26 @@ def region_mask(
         return np.zeros((0, 0), np.float32), (0, 0, 0, 0)
     mask = gaussian_feather(fill_polygon(hull, (y1 - y0, x1 - x0), (x0, y0)), sigma)
     return mask, (x0, y0, x1, y1)
+
+
+def match_colour(warped: np.ndarray, base: np.ndarray, alpha: np.ndarray, mode: str) -> np.ndarray:
+    """Shift the per-channel mean and scale the spread of ``warped`` to ``base`` in the feather band of ``alpha``.
+
+    ``warped``, ``base``: float32 RGB ``[h, w, 3]`` in 0-255; ``alpha`` float32 ``[h, w]``; ``mode`` ``mean_std``
+    (RGB) or ``lab``. Statistics come from pixels with 0.02 < alpha < 0.98 (at least
+    :data:`MIN_RING_PIXELS`, else ``warped`` is returned as is); gains are clipped to 0.5-2.
+    """
+    ring = ((alpha > 0.02) & (alpha < 0.98)).astype(np.uint8)
+    if cv2.countNonZero(ring) < MIN_RING_PIXELS:
+        return warped
+    if mode == "lab":
+        src = cv2.cvtColor(warped * np.float32(1 / 255), cv2.COLOR_RGB2Lab)
+        ref = cv2.cvtColor(base * np.float32(1 / 255), cv2.COLOR_RGB2Lab)
+    else:
+        src, ref = warped, base
+    (s_mean, s_std), (r_mean, r_std) = (np.asarray(cv2.meanStdDev(x, mask=ring), np.float32).reshape(2, 3) for x in (src, ref))
+    gain = np.clip(r_std / np.maximum(s_std, 1e-3), 0.5, 2.0)
+    matched = src * gain + (r_mean - s_mean * gain)
+    if mode == "lab":
+        matched = cv2.cvtColor(matched.astype(np.float32), cv2.COLOR_Lab2RGB) * np.float32(255)
+    return np.clip(matched, 0, 255).astype(np.float32)

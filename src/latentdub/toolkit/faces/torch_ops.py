@@ -4,8 +4,9 @@ They run on any torch device (the GPU in the fast ``dub`` path, see
 ``runtime.frame_ops``) and follow the numpy/OpenCV functions they stand for
 (:func:`.align.warp_to_crop`, :func:`.masks.region_mask` and the ``soft``
 compositor's blend) closely enough to be interchangeable: images agree within
-one or two levels of 255 (OpenCV interpolates in fixed point; these ops round
-sampling positions to the same 1/32 px grid) and every pixel where the mask
+one or two levels of 255, three on a few pixels per million (OpenCV
+interpolates in fixed point; these ops round sampling positions to the same
+1/32 px grid but weigh the bicubic taps in floating point) and every pixel where the mask
 is 0 is returned bit-identical to the input frame.
 
 What stays on the CPU is what is cheap there and shared with the numpy path:
@@ -25,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..core.types import Alignment
-from .masks import Region, fill_polygon, grown_hull, inter_ocular, region_points
+from .masks import MIN_RING_PIXELS, Region, fill_polygon, grown_hull, inter_ocular, region_points
 
 #: OpenCV's warps place sampling positions on a 1/32 px grid (``INTER_BITS = 5``), summing the
 #: shares of a row and a column each rounded to 1/1024 px (``AB_BITS = 10``).
@@ -35,8 +36,6 @@ _AB_STEP = _AB_SCALE // _INTER_TAB
 _ROUND_DELTA = _AB_STEP // 2
 #: Colour-match modes these ops implement (``lab`` and Poisson blending stay on the numpy path).
 TORCH_COLOR_MATCH = ("none", "mean_std")
-#: Feather-band pixels needed before colour statistics are trusted (as the soft compositor).
-MIN_RING_PIXELS = 32
 
 
 def frame_tensor(image: np.ndarray, device: Any) -> Any:
@@ -79,8 +78,13 @@ def pyr_down(x: Any) -> Any:
     return torch.floor(x + 0.5)
 
 
-def _sample(src: Any, to_src: np.ndarray, out_hw: tuple[int, int], padding: Literal["zeros", "border", "reflection"]) -> Any:
-    """Bilinear samples of ``src`` ``[1, C, h, w]`` at ``to_src @ (x, y, 1)`` for each output pixel (x, y); float32 ``[1, C, H, W]``.
+def _sample(
+    src: Any, to_src: np.ndarray, out_hw: tuple[int, int], padding: Literal["zeros", "border", "reflection"],
+    mode: Literal["bilinear", "bicubic"] = "bilinear",
+) -> Any:
+    """Samples of ``src`` ``[1, C, h, w]`` at ``to_src @ (x, y, 1)`` for each output pixel (x, y); float32 ``[1, C, H, W]``.
+
+    ``bicubic`` is OpenCV's ``INTER_CUBIC`` kernel (a = -0.75, as torch's).
 
     Positions are rounded to OpenCV's 1/32 px grid the way ``cv2.warpAffine`` rounds them.
     """
@@ -97,7 +101,7 @@ def _sample(src: Any, to_src: np.ndarray, out_hw: tuple[int, int], padding: Lite
     sx = torch.floor((torch.round((m[0, 1] * ys + m[0, 2]) * _AB_SCALE) + torch.round(m[0, 0] * xs * _AB_SCALE) + _ROUND_DELTA) / _AB_STEP) / _INTER_TAB
     sy = torch.floor((torch.round((m[1, 1] * ys + m[1, 2]) * _AB_SCALE) + torch.round(m[1, 0] * xs * _AB_SCALE) + _ROUND_DELTA) / _AB_STEP) / _INTER_TAB
     grid = torch.stack([(2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1], dim=-1)[None].to(src.dtype)
-    return F.grid_sample(src, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    return F.grid_sample(src, grid, mode=mode, padding_mode=padding, align_corners=False)
 
 
 def _invert_affine(m: np.ndarray) -> np.ndarray:
@@ -110,7 +114,7 @@ def warp_to_crop_torch(frame: Any, alignment: Alignment) -> Any:
     """Aligned crop uint8 ``[S, S, 3]`` of frame tensor uint8 ``[H, W, 3]``, as :func:`.align.warp_to_crop`.
 
     The same region of interest, the same Gaussian pyramid steps when the crop
-    shrinks the face more than 2x, bilinear sampling with reflected borders.
+    shrinks the face more than 2x, bicubic sampling with reflected borders.
     """
     m = np.array(alignment.matrix, np.float64)
     size = alignment.size
@@ -131,7 +135,7 @@ def warp_to_crop_torch(frame: Any, alignment: Alignment) -> Any:
         x = pyr_down(x)
         m[:, :2] *= 2.0
         k *= 2.0
-    return _hwc_uint8(_sample(x, _invert_affine(m), (size, size), "reflection"))
+    return _hwc_uint8(_sample(x, _invert_affine(m), (size, size), "reflection", "bicubic"))
 
 
 def warp_crops(frames: list[Any], alignments: list[Alignment]) -> Any:
@@ -228,7 +232,7 @@ def composite_torch(
     to_crop = np.concatenate([m[:, :2], (m[:, :2] @ np.array([x0, y0], np.float64) + m[:, 2])[:, None]], axis=1)
     size = (y1 - y0, x1 - x0)
     crop = _chw(rendered)
-    warped = torch.floor(_sample(crop, to_crop, size, "border") + 0.5).clamp_(0, 255)  # OpenCV returns the warp as uint8
+    warped = torch.floor(_sample(crop, to_crop, size, "border", "bicubic") + 0.5).clamp_(0, 255)  # OpenCV returns the warp as uint8
     ones = torch.ones((1, 1) + tuple(rendered.shape[:2]), dtype=torch.float32, device=frame.device)
     inside = _sample(ones, to_crop, size, "zeros")[0, 0]
     alpha = alpha * torch.where(inside > 1 - 1e-3, torch.ones_like(inside), inside)

@@ -1,0 +1,133 @@
+"""The mouth-bank renderer on real GRID clips (CC BY 4.0, Cooke et al. 2006), through the whole ``offline`` preset.
+
+A probe plugin builds the real renderer and keeps it, so each test can read
+what the timeline search chose as well as what the run summary says.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from latentdub.plugins.mouthbank import (
+    MouthBankConfig,
+    MouthBankRenderer,
+    build_mouthbank,
+)
+from latentdub.toolkit.core import plugins
+from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.dubbing.pipeline import FALLBACK, animate, dub
+from latentdub.toolkit.media.video import probe_video
+from tests.media import ffmpeg
+
+pytestmark = pytest.mark.slow
+
+
+class Probe:
+    """Registers renderer ``mouthbank-probe``: the real mouth-bank renderer, kept after the run."""
+
+    __name__ = "mouthbank_probe"
+
+    def __init__(self) -> None:
+        self.built: list[MouthBankRenderer] = []
+
+    @hookimpl
+    def register_renderers(self, register):
+        def build(config, context):
+            self.built.append(build_mouthbank(config, context))
+            return self.built[-1]
+
+        register("mouthbank-probe", build, config=MouthBankConfig, summary="the mouth-bank renderer, kept for the tests")
+
+
+@pytest.fixture(scope="module")
+def probe():
+    p = Probe()
+    plugins.register_plugin(p, name="mouthbank_probe")
+    yield p
+    plugins.unregister_plugin("mouthbank_probe")
+
+
+def run(probe, video, speech, out, *settings):
+    """Dub with the offline preset through the probe; (summary, renderer, its plan)."""
+    summary = dub(video, speech, out, preset="offline", overrides=["renderer.plugin=mouthbank-probe", "timing.length_policy=trim", *settings], log=lambda m: None)
+    renderer = probe.built[-1]
+    return summary, renderer, renderer.last_plan
+
+
+def clip(grid_clips, stem):
+    return next(p for p in grid_clips if p.stem.endswith(stem))
+
+
+def trimmed(source, out, start_frame, n_frames):
+    """Frames ``start_frame`` to ``start_frame + n_frames`` of a 25 fps clip, re-encoded."""
+    ffmpeg("-i", str(source), "-vf", f"trim=start_frame={start_frame}:end_frame={start_frame + n_frames},setpts=PTS-STARTPTS",
+           "-af", f"atrim=start={start_frame / 25}:end={(start_frame + n_frames) / 25},asetpts=PTS-STARTPTS", "-c:v", "libx264", "-crf", "12", "-c:a", "aac", str(out))
+    return out
+
+
+def test_chosen_mouths_open_with_the_target(grid_clips, probe, tmp_path):
+    summary, renderer, plan = run(probe, clip(grid_clips, "bbaf2n"), clip(grid_clips, "brbk7n"), tmp_path / "o.mp4")
+    codes = plan.codes
+    served = np.array([t for t in range(len(codes)) if t not in plan.fallback])
+    assert len(served) > 0.8 * len(codes)
+    chosen = renderer.shapes[plan.primary[served], 0]
+    assert np.corrcoef(chosen, codes[served, 0])[0, 1] >= 0.9
+    assert np.median(np.abs(chosen - codes[served, 0])) < 0.03  # IOD
+    # runs of consecutive source frames, not a new frame every time
+    frames = renderer.bank.frames[plan.primary[served]]
+    assert np.mean(np.diff(frames) == 1) > 0.5
+    assert any(n.startswith("mouthbank:") and "real mouths" in n for n in summary.notes)
+
+
+def test_own_speech_picks_frames_near_their_own_time(grid_clips, probe, tmp_path):
+    video = clip(grid_clips, "lwbsza")
+    _, renderer, plan = run(probe, video, video, tmp_path / "own.mp4")
+    served = np.array([t for t in range(len(plan.primary)) if t not in plan.fallback])
+    offset = np.abs(renderer.bank.frames[plan.primary[served]] - served)
+    assert np.mean(offset <= 2) >= 0.5 and np.median(offset) <= 2, np.percentile(offset, [25, 50, 75])
+
+
+def test_a_closed_mouth_clip_falls_back_and_says_why(grid_clips, probe, tmp_path):
+    # sbwe5n keeps its mouth closed in frames 50-74; the speech of lbbc2a opens wide
+    closed = trimmed(clip(grid_clips, "sbwe5n"), tmp_path / "closed.mp4", 50, 25)
+    summary, renderer, plan = run(probe, closed, clip(grid_clips, "lbbc2a"), tmp_path / "o.mp4", "renderer.min_entries=10")
+    assert renderer.unusable is None and renderer.shapes[:, 0].max() < 0.1
+    widest = renderer.shapes[:, 0].max()
+    wide = {t for t, code in enumerate(plan.codes) if code[0] > widest + renderer.config.max_opening_gap}
+    assert wide and wide <= set(plan.fallback)
+    assert set(np.flatnonzero(summary.frame_kinds == FALLBACK)) == set(plan.fallback)
+    note = next(n for n in summary.notes if "drawn by the warp renderer" in n)
+    assert f"{len(plan.fallback)} frames drawn by the warp renderer" in note and "wider than the widest mouth in the clip" in note
+    assert f"({len(plan.fallback)} by a fallback)" in "\n".join(summary.lines())
+
+
+def test_too_short_a_clip_gets_the_warp_renderer_and_a_clear_note(grid_clips, probe, portrait, tmp_path):
+    short = trimmed(clip(grid_clips, "bbaf2n"), tmp_path / "short.mp4", 20, 8)
+    summary, _, _ = run(probe, short, clip(grid_clips, "brbk7n"), tmp_path / "o.mp4")
+    n = probe_video(tmp_path / "o.mp4").n_frames
+    assert n >= 7 and summary.frames_by_fallback == summary.frames_with_face == summary.frames
+    note = next(x for x in summary.notes if "too few for a mouth bank" in x)
+    assert "renderer.min_entries=25" in note and "give a clip of at least 25 frames" in note
+    # animate shows the bank one portrait: the warp renderer draws it, and says so
+    summary = animate(portrait, clip(grid_clips, "brbk7n"), tmp_path / "a.mp4", preset="offline", log=lambda m: None)
+    assert summary.frames_by_fallback == summary.frames > 0
+    assert any("1 source face crop (a still or a very short clip)" in x for x in summary.notes)
+
+
+def test_the_bank_stays_bounded_and_spills_to_disk():
+    from latentdub.plugins.mouthbank import MouthBank
+    from latentdub.toolkit.faces.masks import TEMPLATE_68
+
+    points = np.repeat((TEMPLATE_68 * 40 + 128)[None].astype(np.float32), 10, axis=0)
+    crops = np.zeros((10, 128, 128, 3), np.uint8)
+    entry = (128 - round(0.45 * 128)) * (round(0.92 * 128) - round(0.08 * 128)) * 3
+    bank = MouthBank(max_entries=16, max_bytes=1e9, memory_bytes=4 * entry)
+    for start in range(0, 100, 10):
+        crops[:] = np.arange(start, start + 10, dtype=np.uint8)[:, None, None, None]
+        bank.add(crops, points, np.arange(start, start + 10))
+    assert bank.count <= 16 and bank.stride == 8 and bank.on_disk
+    assert np.array_equal(bank.frames[: bank.count], np.arange(0, 100, 8))
+    assert all(int(bank.images[i, 0, 0, 0]) == f for i, f in enumerate(bank.frames[: bank.count]))  # crops moved with their frames
+    assert len(bank.source_poses(np.arange(100))) == 100  # every studied frame keeps its pose
+    bank.close()
