@@ -119,7 +119,7 @@ def _row(label: str, v: dict[str, float]) -> str:
             f"| {v['chg_src']:.2f} / {v['chg_warp']:.2f} / {v['chg_bank']:.2f} | {v['fallback']:.1f} |")
 
 
-def speed(folder: Path, seconds: float) -> list[str]:
+def speed(folder: Path, seconds: float, settings: list[str]) -> list[str]:
     from measure_peak_memory import _ffmpeg
 
     from latentdub.toolkit.dubbing.pipeline import dub
@@ -130,7 +130,7 @@ def speed(folder: Path, seconds: float) -> list[str]:
     rows = ["| preset | frames | stage seconds | frames/s (stages) | wall s | frames/s (wall) |", "|---|---|---|---|---|---|"]
     for name, preset in RENDERERS.items():
         start = time.perf_counter()
-        summary = dub(clip, GRID / "lbbc2a.mpg", folder / f"720p-{name}.mp4", preset=preset, overrides=["timing.length_policy=pad"], log=lambda m: None)
+        summary = dub(clip, GRID / "lbbc2a.mpg", folder / f"720p-{name}.mp4", preset=preset, overrides=["timing.length_policy=pad", *settings], log=lambda m: None)
         wall = time.perf_counter() - start
         total = sum(summary.stage_seconds.values())
         stages = ", ".join(f"{k} {v:.1f}" for k, v in summary.stage_seconds.items())
@@ -158,11 +158,12 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the 720p clip")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset override for the speed runs (repeatable)")
     args = parser.parse_args()
     everything = not (args.quality or args.speed or args.memory)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for wanted, run in ((args.quality, lambda: quality(folder)), (args.speed, lambda: speed(folder, args.seconds)), (args.memory, lambda: memory(folder))):
+        for wanted, run in ((args.quality, lambda: quality(folder)), (args.speed, lambda: speed(folder, args.seconds, args.set)), (args.memory, lambda: memory(folder))):
             if wanted or everything:
                 print("\n".join(run()), "", sep="\n", flush=True)
 

@@ -127,7 +127,7 @@ def run_frames(
     Each finished frame goes to every ``writers`` entry as ``write(source, out)``
     (on the encode thread when overlapped); ``summary.frame_kinds[t]`` becomes
     ``dubbed`` for every dubbed frame, and ``summary.busy_seconds`` gets each
-    stage's busy time. A run off the default (overlap or torch frame ops) says so in a note.
+    stage's busy time. A run that sets ``runtime.overlap`` or uses torch frame ops says how it ran in a note.
     """
     runtime = components.preset.runtime
     device = components.device
@@ -156,7 +156,7 @@ def run_frames(
         depth=runtime.queue_depth, serial=not runtime.overlapped(device), timings=timings,
     )
     summary.busy_seconds.update(timings)
-    if runtime.overlapped(device) or stages.torch_ops:
+    if runtime.overlap is not None or stages.torch_ops:  # asked for explicitly, or the device path
         mode = "overlapped" if runtime.overlapped(device) else "serial"
         ops = "torch" if stages.torch_ops else "numpy"
         summary.notes.append(f"synthesis {mode}, {ops} frame ops on {device}; busy seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
