@@ -3,8 +3,9 @@
 ``overlap`` runs the synthesis pass as threads joined by bounded queues
 (decode -> crop and render -> composite -> encode, see
 :mod:`latentdub.toolkit.core.stages`); the frames written are the same as in
-the serial loop. By default it is on wherever there is a second core or a GPU
-(on two CPU cores it makes a 720p offline dub about 25% faster). ``frame_ops`` picks the implementation of the per-frame
+the serial loop. By default it is on with a GPU, and on two or more CPU cores
+for runs without neural networks (it makes a 720p offline dub on two cores
+about 25% faster). ``frame_ops`` picks the implementation of the per-frame
 image work (crop warps, feathered masks, compositing): ``numpy`` (OpenCV on
 the CPU), ``torch`` (``grid_sample``-style ops on the run's device, see
 :mod:`latentdub.toolkit.faces.torch_ops`; within one or two levels of the
@@ -31,7 +32,9 @@ class RuntimeConfig:
     """Threads, queues and device paths of a run.
 
     ``overlap``: run decode, render, composite and encode on their own threads
-    (None: when the device is CUDA or the process may use two or more CPU cores); ``queue_depth``: items each queue between
+    (None: when the device is CUDA, or on two or more CPU cores when the run
+    has no neural networks: on the CPU torch's own threads already fill the
+    cores, and the extra threads slowed a ``tiny`` dub by about 40%); ``queue_depth``: items each queue between
     two stages holds at most (memory stays flat: at most this many frames wait
     between two stages); ``frame_ops``: ``numpy``, ``torch`` or ``auto`` (torch
     on CUDA); ``cuda_graphs``: capture the generator (and PTI's update step) as
@@ -51,9 +54,12 @@ class RuntimeConfig:
         if not b or any(x >= y for x, y in itertools.pairwise(b)):
             raise ConfigError(f"{where}.graph_batches: {list(b)} must be a non-empty list of increasing batch sizes, e.g. [1, 2, 4, 8]")
 
-    def overlapped(self, device: Any) -> bool:
-        """Whether the synthesis pass runs on threads on ``device`` (a ``torch.device`` or its type name)."""
-        return self.overlap if self.overlap is not None else (_device_type(device) == "cuda" or usable_cpus() >= 2)
+    def overlapped(self, device: Any, networks: bool = False) -> bool:
+        """Whether the synthesis pass runs on threads on ``device`` (a ``torch.device`` or its type name);
+        ``networks``: the run renders with torch networks."""
+        if self.overlap is not None:
+            return self.overlap
+        return _device_type(device) == "cuda" or (not networks and usable_cpus() >= 2)
 
     def torch_frame_ops(self, device: Any) -> bool:
         """Whether crops, masks and compositing run as torch ops on ``device``."""

@@ -131,6 +131,7 @@ def run_frames(
     """
     runtime = components.preset.runtime
     device = components.device
+    overlapped = runtime.overlapped(device, networks="generator" in components.preset.stages)
     stages = FrameStages(components, motion, device, runtime.torch_frame_ops(device))
 
     def decode() -> Iterator[_Item]:
@@ -153,10 +154,10 @@ def run_frames(
     timings: dict[str, float] = {}
     run_stages(
         decode, [("render", stages.render), ("composite", stages.composite), ("encode", encode)],
-        depth=runtime.queue_depth, serial=not runtime.overlapped(device), timings=timings,
+        depth=runtime.queue_depth, serial=not overlapped, timings=timings,
     )
     summary.busy_seconds.update(timings)
     if runtime.overlap is not None or stages.torch_ops:  # asked for explicitly, or the device path
-        mode = "overlapped" if runtime.overlapped(device) else "serial"
+        mode = "overlapped" if overlapped else "serial"
         ops = "torch" if stages.torch_ops else "numpy"
         summary.notes.append(f"synthesis {mode}, {ops} frame ops on {device}; busy seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
