@@ -80,7 +80,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
-def quality(folder: Path) -> list[str]:
+def quality(folder: Path, settings: list[str]) -> list[str]:
     from latentdub.toolkit.core.presets import TrackConfig
     from latentdub.toolkit.dubbing.pipeline import dub
     from latentdub.toolkit.faces.track import analyse_video
@@ -98,7 +98,8 @@ def quality(folder: Path) -> list[str]:
         got, fallback = {}, 0
         for name, preset in RENDERERS.items():
             out = folder / f"{a.stem}-{b.stem}-{name}.mp4"
-            summary = dub(a, b, out, preset=preset, overrides=["timing.length_policy=trim"], log=lambda m: None)
+            extra = settings if name == "mouthbank" else []
+            summary = dub(a, b, out, preset=preset, overrides=["timing.length_policy=trim", *extra], log=lambda m: None)
             got[name] = measure(out, detector, tracks[a])
             fallback = summary.frames_by_fallback if name == "mouthbank" else fallback
         values = {
@@ -158,12 +159,12 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the 720p clip")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset override for the speed runs (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset override (repeatable): every run of --speed, the mouthbank runs of --quality")
     args = parser.parse_args()
     everything = not (args.quality or args.speed or args.memory)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for wanted, run in ((args.quality, lambda: quality(folder)), (args.speed, lambda: speed(folder, args.seconds, args.set)), (args.memory, lambda: memory(folder))):
+        for wanted, run in ((args.quality, lambda: quality(folder, args.set)), (args.speed, lambda: speed(folder, args.seconds, args.set)), (args.memory, lambda: memory(folder))):
             if wanted or everything:
                 print("\n".join(run()), "", sep="\n", flush=True)
 
