@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(ROOT / "src"))
 
-from latentdub.toolkit.core.devices import set_tf32, synchronize
 from latentdub.nets.psp import PspModel, build_encoder  # noqa: E402
 from latentdub.nets.stylegan2 import Generator, compiled_synthesis  # noqa: E402
+from latentdub.toolkit.core.devices import set_tf32, synchronize  # noqa: E402
 
 #: rosinality stylegan2-pytorch (CUDA ops) and pSp, images/s on an H200 (numbers from the task brief).
 REFERENCE = {("generator", 1): 102, ("generator", 8): 272, ("generator", 32): 296, ("psp", 32): 637, ("psp bf16", 32): 796}

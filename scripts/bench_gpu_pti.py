@@ -40,10 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(ROOT / "src"))
 
-from latentdub.toolkit.core.devices import set_tf32, synchronize
 from latentdub.plugins.pti import PtiConfig, PtiFinetuner, crops_to_tensor  # noqa: E402
 from latentdub.plugins.stylegan2 import StyleGAN2Config, build_stylegan2  # noqa: E402
-from latentdub.toolkit.core.build import BuildContext
+from latentdub.toolkit.core.build import BuildContext  # noqa: E402
+from latentdub.toolkit.core.devices import set_tf32, synchronize  # noqa: E402
 
 #: ms per training step of the reference generator alone, batch 1, H200 (task brief).
 ANCHOR_MS = 33.0

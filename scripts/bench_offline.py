@@ -121,9 +121,8 @@ def _row(label: str, v: dict[str, float]) -> str:
 
 
 def speed(folder: Path, seconds: float, settings: list[str]) -> list[str]:
-    from measure_peak_memory import _ffmpeg
-
     from latentdub.toolkit.dubbing.pipeline import dub
+    from measure_peak_memory import _ffmpeg
 
     clip = folder / "720p.mp4"
     _ffmpeg("-stream_loop", "-1", "-i", str(GRID / "bbaf2n.mpg"), "-t", str(seconds), "-vf", "scale=1280:720,setsar=1", "-r", "25",

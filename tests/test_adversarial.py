@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from click.testing import CliRunner
+from PIL import Image
 
 from latentdub.cli import cli
-from latentdub.toolkit.core.config import NAMES_WEIGHTS, CHECKS, marked_settings, parse_config, setting_types, split_annotation
+from latentdub.toolkit.core.config import CHECKS, NAMES_WEIGHTS, marked_settings, parse_config, setting_types, split_annotation
 from latentdub.toolkit.core.plugins import components
 from latentdub.toolkit.media.video import probe_video, read_frames
 

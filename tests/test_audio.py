@@ -7,9 +7,9 @@ import wave
 import numpy as np
 import pytest
 
-from latentdub.toolkit.media.audio import edit_audio, fit_duration, load_audio, save_wav
 from latentdub.toolkit.core.errors import BadInputError, OutputError
 from latentdub.toolkit.core.types import Audio
+from latentdub.toolkit.media.audio import edit_audio, fit_duration, load_audio, save_wav
 
 
 def _rms_dbfs(x: np.ndarray) -> float:

@@ -16,11 +16,11 @@ from latentdub.nets.audio2latent import (
     save_checkpoint,
     window_slices,
 )
-from latentdub.toolkit.media.audio import load_audio
 from latentdub.toolkit.core.build import Components
 from latentdub.toolkit.core.errors import BadInputError, MissingWeightsError, PluginError
 from latentdub.toolkit.core.presets import resolve_preset
 from latentdub.toolkit.core.types import Audio, Motion
+from latentdub.toolkit.media.audio import load_audio
 from latentdub.toolkit.media.video import read_frames
 
 SPEC = Audio2LatentSpec(n_styles=8, latent_dim=64, layers=(0, 1, 2, 3), components=8, conv_channels=(8, 16), audio_dim=32, hidden=64)

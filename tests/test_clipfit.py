@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from latentdub.toolkit.media.audio import load_audio
 from latentdub.toolkit.core.build import Components
-from latentdub.toolkit.learning.directions import FEATURES, SharedDirections, clip_features, fit_clip
 from latentdub.toolkit.core.errors import CannotServeError
-from latentdub.toolkit.faces.measures import head_pose, mouth_shapes, neutral_mouth
-from latentdub.toolkit.faces.masks import TEMPLATE_68
 from latentdub.toolkit.core.presets import resolve_preset
+from latentdub.toolkit.faces.masks import TEMPLATE_68
+from latentdub.toolkit.faces.measures import head_pose, mouth_shapes, neutral_mouth
+from latentdub.toolkit.learning.directions import FEATURES, SharedDirections, clip_features, fit_clip
+from latentdub.toolkit.media.audio import load_audio
 
 N_FRAMES = 300
 LAYERS = list(range(8))
@@ -125,7 +125,8 @@ def test_fit_recovers_the_planted_map_and_drives_new_shapes(planted, stack, spee
 
     # outside the mouth subspace V the output is the source itself, on every layer
     v = produced.extra["basis"].reshape(len(produced.extra["basis"]), -1).astype(np.float64)
-    off = lambda w: w.reshape(n_out, -1) - (w.reshape(n_out, -1) @ v.T) @ v
+    def off(w):
+        return w.reshape(n_out, -1) - (w.reshape(n_out, -1) @ v.T) @ v
     assert np.abs(off(w_out) - off(w_src.numpy().astype(np.float64))).max() <= 1e-6
     # the mouth read from the produced latents follows the targets
     read = (w_out[:, LAYERS].reshape(n_out, -1) - planted["base"][LAYERS].reshape(-1)) @ planted["readout"]
@@ -137,7 +138,8 @@ def test_fit_recovers_the_planted_map_and_drives_new_shapes(planted, stack, spee
 def test_pose_is_regressed_out(planted):
     w = planted["latents"][:, LAYERS].reshape(N_FRAMES, -1)
     pitch = planted["truth"][4] / np.linalg.norm(planted["truth"][4])
-    cos = lambda d: np.abs(d @ pitch) / np.linalg.norm(d, axis=1)
+    def cos(d):
+        return np.abs(d @ pitch) / np.linalg.norm(d, axis=1)
     fitted = fit_clip(w, planted["landmarks"], components=16).directions[:3]
     assert cos(fitted).max() < 0.1
     # control: the same fit without the pose columns lets the nod leak into the opening direction

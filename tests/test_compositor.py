@@ -16,9 +16,9 @@ import pytest
 
 from latentdub.toolkit.core.config import parse_config
 from latentdub.toolkit.core.errors import ConfigError
-from latentdub.toolkit.faces.masks import TEMPLATE_68, region_mask
 from latentdub.toolkit.core.plugins import get_component
 from latentdub.toolkit.core.types import Alignment
+from latentdub.toolkit.faces.masks import TEMPLATE_68, region_mask
 
 CROP = 256
 

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 
 from latentdub.cli import cli
 from latentdub.toolkit.core import plugins
-from latentdub.toolkit.learning.dataset import find_clips, load_manifest, make_splits, prepare_dataset, read_shard, read_split, read_speaker_map, shard_path
 from latentdub.toolkit.core.errors import BadInputError
 from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.learning.dataset import find_clips, load_manifest, make_splits, prepare_dataset, read_shard, read_speaker_map, read_split, shard_path
 from latentdub.toolkit.media.video import read_frames
 
 from . import media

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentdub.toolkit.core.config import parse_config
 from latentdub.toolkit.core.build import BuildContext
+from latentdub.toolkit.core.config import parse_config
 from latentdub.toolkit.core.errors import ConfigError, MissingWeightsError
 from latentdub.toolkit.core.plugins import get_component
 from latentdub.toolkit.core.protocols import Detector

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import yaml
@@ -152,10 +151,10 @@ def test_references_come_from_the_analysis_pass(pair, tmp_path, monkeypatch):
 
 def test_references_fall_back_to_decoding_when_no_kept_frame_shows_the_face(pair):
     """If none of the frames kept in pass 1 has the face, the reference frames are decoded from the clip."""
-    from latentdub.toolkit.dubbing import pipeline
-    from latentdub.toolkit.faces.track import analyse_video
     from latentdub.toolkit.core.plugins import get_component
     from latentdub.toolkit.core.presets import TrackConfig
+    from latentdub.toolkit.dubbing import pipeline
+    from latentdub.toolkit.faces.track import analyse_video
 
     video = pair[0]
     comp = get_component("detector", "dlib")

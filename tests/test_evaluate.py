@@ -11,9 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from latentdub.toolkit.core.errors import BadInputError
-from latentdub.toolkit.core.types import ClipPair
+from latentdub.toolkit.core.types import ClipPair, Frame
 from latentdub.toolkit.evaluation.evaluate import evaluate, pair_inputs, paired_frames
-from latentdub.toolkit.core.types import Frame
 
 MAX_FRAMES = 25
 SHORT = 12  # enough for SyncNet windows (6+ frames) and a covariance

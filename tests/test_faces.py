@@ -8,12 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from latentdub.toolkit.faces import align as A
-from latentdub.toolkit.faces import track as F
-from latentdub.toolkit.faces.masks import mouth_opening
 from latentdub.toolkit.core.errors import BadInputError, NoFaceError
 from latentdub.toolkit.core.presets import TrackConfig
 from latentdub.toolkit.core.types import Face, Frame
+from latentdub.toolkit.faces import align as A
+from latentdub.toolkit.faces import track as F
+from latentdub.toolkit.faces.masks import mouth_opening
 from latentdub.toolkit.media.video import read_frames
 
 

@@ -7,8 +7,7 @@ import os
 import pytest
 
 from latentdub.toolkit.core.errors import BadInputError, OutputError
-from latentdub.toolkit.core.files import (check_input_file, check_not_an_input, claim_outputs, file_lock, same_file, stale_temps,
-                                     temp_beside, write_text_atomic)
+from latentdub.toolkit.core.files import check_input_file, check_not_an_input, claim_outputs, file_lock, same_file, stale_temps, temp_beside, write_text_atomic
 
 
 def test_same_file_sees_through_symlinks_hard_links_and_dots(tmp_path):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from latentdub.plugins.mfcc import MfccConfig, MfccFeatures
-from latentdub.toolkit.media.audio import load_audio
 from latentdub.toolkit.core.config import parse_config
 from latentdub.toolkit.core.errors import BadInputError
 from latentdub.toolkit.core.plugins import get_component
 from latentdub.toolkit.core.types import Audio
+from latentdub.toolkit.media.audio import load_audio
 
 SR = 16000
 

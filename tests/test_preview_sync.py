@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latentdub.toolkit.faces.track import analyse_video
-from latentdub.toolkit.faces.masks import mouth_opening
-from latentdub.toolkit.dubbing.pipeline import dub
 from latentdub.toolkit.core.plugins import get_component
 from latentdub.toolkit.core.presets import TrackConfig
+from latentdub.toolkit.dubbing.pipeline import dub
+from latentdub.toolkit.faces.masks import mouth_opening
+from latentdub.toolkit.faces.track import analyse_video
 from latentdub.toolkit.media.video import read_frames
 
 pytestmark = pytest.mark.slow

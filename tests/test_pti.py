@@ -10,9 +10,9 @@ import torch
 
 from latentdub.toolkit.core.build import Components
 from latentdub.toolkit.core.errors import BadInputError, ConfigError
-from latentdub.toolkit.faces.track import analyse_video, track_still
-from latentdub.toolkit.faces.align import ffhq_alignment, warp_to_crop
 from latentdub.toolkit.core.presets import resolve_preset
+from latentdub.toolkit.faces.align import ffhq_alignment, warp_to_crop
+from latentdub.toolkit.faces.track import analyse_video, track_still
 from latentdub.toolkit.learning.profiles import apply_profile, load_profile
 from latentdub.toolkit.media.video import probe_video, read_frames, read_image
 

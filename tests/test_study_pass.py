@@ -10,8 +10,8 @@ import pytest
 from latentdub.plugins.warp_renderer import WarpRenderer
 from latentdub.toolkit.core import plugins
 from latentdub.toolkit.core.hookspecs import hookimpl
-from latentdub.toolkit.dubbing.pipeline import DUBBED, FALLBACK, animate, dub
 from latentdub.toolkit.core.types import RenderReport
+from latentdub.toolkit.dubbing.pipeline import DUBBED, FALLBACK, animate, dub
 from latentdub.toolkit.media.video import probe_video
 
 pytestmark = pytest.mark.slow

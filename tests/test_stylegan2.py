@@ -17,8 +17,16 @@ import torch.nn.functional as F
 
 from latentdub.nets.generator_files import load_generator
 from latentdub.nets.nvidia_pkl import convert_nvidia_state_dict, generator_from_nvidia, load_nvidia_pkl
-from latentdub.nets.stylegan2 import (Generator, ModulatedConv2d, Upsample, compiled_synthesis, load_rosinality_checkpoint, load_safetensors,
-                                      save_safetensors, upfirdn2d)
+from latentdub.nets.stylegan2 import (
+    Generator,
+    ModulatedConv2d,
+    Upsample,
+    compiled_synthesis,
+    load_rosinality_checkpoint,
+    load_safetensors,
+    save_safetensors,
+    upfirdn2d,
+)
 from latentdub.toolkit.core.build import BuildContext
 from latentdub.toolkit.core.config import parse_config
 from latentdub.toolkit.core.errors import BadInputError, ConfigError, MissingWeightsError

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latentdub.toolkit.media.audio import load_audio
 from latentdub.toolkit.core.errors import BadInputError
 from latentdub.toolkit.dubbing.timing import frame_times, is_monotonic, n_frames_for, plan_timeline, segments, timeline_audio
+from latentdub.toolkit.media.audio import load_audio
 
 N, FPS = 75, 25.0  # a GRID clip: 3 s of video
 

@@ -13,12 +13,12 @@ from click.testing import CliRunner
 
 from latentdub.cli import cli
 from latentdub.nets.audio2latent import load_checkpoint
-from latentdub.toolkit.media.audio import load_audio
 from latentdub.toolkit.core.build import Components
-from latentdub.toolkit.learning.dataset import read_shard, shard_path
 from latentdub.toolkit.core.errors import MissingWeightsError
 from latentdub.toolkit.core.presets import resolve_preset
+from latentdub.toolkit.learning.dataset import read_shard, shard_path
 from latentdub.toolkit.learning.training import train
+from latentdub.toolkit.media.audio import load_audio
 from latentdub.toolkit.media.video import probe_video
 
 from .test_dataset import grid_dataset, probe_encoder  # noqa: F401  (module fixtures; the prepared dataset is reused)

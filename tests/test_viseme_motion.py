@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from latentdub.plugins.viseme_motion import VisemeConfig, VisemeMotion
-from latentdub.toolkit.media.audio import load_audio
 from latentdub.toolkit.core.config import parse_config
 from latentdub.toolkit.core.errors import BadInputError
-from latentdub.toolkit.media.phonemes import PhoneDecoder, word_segments
 from latentdub.toolkit.core.plugins import get_component
 from latentdub.toolkit.core.types import Audio
+from latentdub.toolkit.media.audio import load_audio
+from latentdub.toolkit.media.phonemes import PhoneDecoder, word_segments
 
 FPS = 25.0
 SWWP2S = "id2_vcd_swwp2s.mpg"

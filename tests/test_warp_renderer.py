@@ -9,9 +9,9 @@ import pytest
 from latentdub.plugins.warp_renderer import anchors, mesh
 from latentdub.toolkit.core.config import parse_config
 from latentdub.toolkit.core.errors import BadInputError
-from latentdub.toolkit.faces.masks import TEMPLATE_68, mouth_opening, mouth_width
 from latentdub.toolkit.core.plugins import get_component
 from latentdub.toolkit.core.types import Motion
+from latentdub.toolkit.faces.masks import TEMPLATE_68, mouth_opening, mouth_width
 from tests.test_compositor import DlibLandmarks, align, build, crop_of, read_frames
 
 # speaker sbwe5n: frame 5 closed (opening ~0.02), frame 36 open (~0.21); frames 0-10 and 50-74 are closed

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latentdub.toolkit.learning.directions import PooledFit, fit_clip
 from latentdub.toolkit.faces.masks import TEMPLATE_68
+from latentdub.toolkit.learning.directions import PooledFit, fit_clip
 
 LAYERS = 8 * 512
 

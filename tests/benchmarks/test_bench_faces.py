@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latentdub.toolkit.faces.track import analyse_video
 from latentdub.toolkit.core.presets import TrackConfig
+from latentdub.toolkit.faces.track import analyse_video
 from latentdub.toolkit.media.video import read_frames
 
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from latentdub.nets.audio2latent import Audio2Latent, Audio2LatentSpec, predict_windows, random_pca
-from latentdub.toolkit.learning.dataset import shard_path, write_shard
 from latentdub.plugins.audio2latent import Objective, TrainConfig
+from latentdub.toolkit.learning.dataset import shard_path, write_shard
 from latentdub.toolkit.learning.training import ClipSampler
 
 TINY = Audio2LatentSpec(n_styles=8, latent_dim=64, layers=(0, 1, 2, 3), components=8, conv_channels=(8, 16), audio_dim=32, hidden=64)
@@ -103,8 +103,8 @@ def test_bench_motion_plugin_with_mfcc(benchmark, grid_clips):
     """``predict`` on 8 GRID sentences back to back (about 24 s, 600 frames): MFCC windows + tiny network."""
     from latentdub.plugins.audio2latent import Audio2LatentConfig, Audio2LatentMotion
     from latentdub.plugins.mfcc import MfccFeatures
-    from latentdub.toolkit.media.audio import load_audio
     from latentdub.toolkit.core.types import Audio
+    from latentdub.toolkit.media.audio import load_audio
 
     speech = Audio(np.concatenate([load_audio(c).samples for c in grid_clips]), 16000)
     config = Audio2LatentConfig(random_init=True, layers=TINY.layers, components=8, conv_channels=(8, 16), audio_dim=32, hidden=64)

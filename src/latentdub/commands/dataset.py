@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from latentdub.toolkit.learning.dataset import LAYOUTS
+
 from .options import load_preset, maybe_dry_run, preset_options
 
 

@@ -43,8 +43,8 @@ def fit_command(source, output, batch_size, preset, overrides, device, dry_run, 
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def show_command(file):
     """Print how the directions FILE (path or weight name) was fitted."""
-    from ..toolkit.learning.directions import SharedDirections
     from ..toolkit.core.weights import resolve
+    from ..toolkit.learning.directions import SharedDirections
 
     for line in describe(SharedDirections.load(resolve(str(file)))):
         click.echo(line)

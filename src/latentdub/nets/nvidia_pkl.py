@@ -30,6 +30,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from latentdub.toolkit.core.errors import BadInputError, MissingWeightsError
+
 from .stylegan2 import BLUR_KERNEL, Generator, build_loaded, make_kernel
 
 PICKLE_WARNING = "pickles can execute arbitrary code when loaded; only convert files you trust, with allow_pickle=True (generator setting allow_pickle: true)"

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentdub.toolkit.core.errors import BadInputError
+
 from .safe_load import load_strict, strip_prefix, torch_load
 from .stylegan2 import EqualLinear, Generator, generator_from_state_dict
 

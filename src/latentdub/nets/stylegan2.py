@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentdub.toolkit.core.errors import BadInputError
+
 from .safe_load import load_strict, torch_load
 
 SQRT2 = math.sqrt(2.0)

@@ -26,9 +26,9 @@ import numpy as np
 from latentdub.toolkit.core.config import NAMES_WEIGHTS, Range
 from latentdub.toolkit.core.errors import BadInputError, ConfigError, MissingWeightsError, PluginError
 from latentdub.toolkit.core.hookspecs import hookimpl
+from latentdub.toolkit.core.types import Audio, Motion
 from latentdub.toolkit.learning.perceptual import LpipsSettings
 from latentdub.toolkit.learning.training import LoopConfig
-from latentdub.toolkit.core.types import Audio, Motion
 
 #: Registered weight name of a trained model (no public download: train your own).
 WEIGHT_NAME = "audio2latent"

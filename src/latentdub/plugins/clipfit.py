@@ -48,11 +48,11 @@ from typing import Annotated, Any, Optional
 
 import numpy as np
 
-from latentdub.toolkit.learning.directions import DEFAULT_LAYERS, N_MOUTH, SharedDirections, clip_features, fit_clip, mouth_subspace
 from latentdub.toolkit.core.config import NAMES_WEIGHTS, Range
 from latentdub.toolkit.core.errors import BadInputError, CannotServeError, ConfigError, MissingWeightsError, PluginError
 from latentdub.toolkit.core.hookspecs import hookimpl
 from latentdub.toolkit.core.types import Audio, Motion
+from latentdub.toolkit.learning.directions import DEFAULT_LAYERS, N_MOUTH, SharedDirections, clip_features, fit_clip, mouth_subspace
 
 #: Registered weight name of the shared mouth directions (fitted by `latentdub directions fit`; no public download).
 PRIOR_WEIGHT = "mouth-directions"

@@ -22,9 +22,9 @@ import numpy as np
 
 from latentdub.toolkit.core.config import NAMES_WEIGHTS, NoConfig, Range
 from latentdub.toolkit.core.errors import BadInputError, MissingWeightsError
-from latentdub.toolkit.faces.align import ffhq_alignment, five_from_68, warp_to_crop
 from latentdub.toolkit.core.hookspecs import hookimpl
 from latentdub.toolkit.core.types import Face
+from latentdub.toolkit.faces.align import ffhq_alignment, five_from_68, warp_to_crop
 
 PACKAGE = "face_recognition_models"
 

@@ -20,11 +20,11 @@ from typing import Annotated, ClassVar, Literal, Optional
 
 import numpy as np
 
-from latentdub.toolkit.evaluation import measures as M
 from latentdub.toolkit.core.config import NAMES_WEIGHTS, Range
 from latentdub.toolkit.core.errors import BadInputError
 from latentdub.toolkit.core.hookspecs import hookimpl
 from latentdub.toolkit.core.weights import WeightSpec
+from latentdub.toolkit.evaluation import measures as M
 
 FID_WEIGHTS = "fid-inception"
 SYNCNET_WEIGHTS = "syncnet-v2"

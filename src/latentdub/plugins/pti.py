@@ -33,8 +33,8 @@ import numpy as np
 
 from latentdub.toolkit.core.config import Range
 from latentdub.toolkit.core.hookspecs import hookimpl
-from latentdub.toolkit.learning.perceptual import BACKBONES, LpipsSettings
 from latentdub.toolkit.core.weights import WeightSpec
+from latentdub.toolkit.learning.perceptual import BACKBONES, LpipsSettings
 
 
 @dataclasses.dataclass(frozen=True)

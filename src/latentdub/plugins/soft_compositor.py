@@ -18,8 +18,9 @@ import numpy as np
 from latentdub.toolkit.core.config import Range
 from latentdub.toolkit.core.errors import BadInputError
 from latentdub.toolkit.core.hookspecs import hookimpl
-from latentdub.toolkit.faces.masks import Region, match_colour, region_mask
 from latentdub.toolkit.core.types import Alignment
+from latentdub.toolkit.faces.masks import Region, match_colour, region_mask
+
 
 @dataclasses.dataclass(frozen=True)
 class SoftCompositorConfig:

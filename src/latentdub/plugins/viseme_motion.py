@@ -32,7 +32,6 @@ from latentdub.toolkit.core.errors import BadInputError
 from latentdub.toolkit.core.hookspecs import hookimpl
 from latentdub.toolkit.core.types import Audio, Motion
 
-
 #: Targets farther than this many ``tau`` from a frame are ignored (weight < exp(-25)).
 REACH = 5.0
 #: Hop of the speech-band envelope, seconds.

@@ -28,8 +28,18 @@ import numpy as np
 from latentdub.toolkit.core.config import Range
 from latentdub.toolkit.core.errors import BadInputError
 from latentdub.toolkit.core.hookspecs import hookimpl
-from latentdub.toolkit.faces.masks import INNER_LIP, INNER_LIP_PAIRS, OUTER_LIP, TEMPLATE_68, dense_landmarks, face_frame, fill_polygon, mouth_opening, mouth_width
 from latentdub.toolkit.core.types import Motion
+from latentdub.toolkit.faces.masks import (
+    INNER_LIP,
+    INNER_LIP_PAIRS,
+    OUTER_LIP,
+    TEMPLATE_68,
+    dense_landmarks,
+    face_frame,
+    fill_polygon,
+    mouth_opening,
+    mouth_width,
+)
 
 #: Jaw points that may move, and how much of the chin's displacement each takes.
 _JAW_WEIGHTS = {3: 0.1, 4: 0.3, 5: 0.55, 6: 0.8, 7: 0.95, 8: 1.0, 9: 0.95, 10: 0.8, 11: 0.55, 12: 0.3, 13: 0.1}

@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
-
-from ..core.errors import BadInputError, LatentdubError, MissingWeightsError, NoFaceError
 from ..core.devices import cuda_available
+from ..core.errors import BadInputError, LatentdubError, MissingWeightsError, NoFaceError
 from .journal import file_digest
 
 EXECUTORS = ("inline", "local", "ray")

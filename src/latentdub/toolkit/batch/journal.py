@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 
-
-
 def file_digest(path: Path) -> tuple[int, str]:
     """Size in bytes and SHA-256 hex of ``path``, read in 1 MiB chunks."""
     h = hashlib.sha256()

@@ -29,13 +29,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
-
 from ..core.errors import BadInputError, LatentdubError
 from ..core.files import stale_temps, write_text_atomic
 from .executors import EXECUTORS, Executor, Task, TaskResult, make_executor
 from .journal import Journal, finished_record, histories
-from .progress import BatchProgress
 from .manifest import Clip, Manifest, load_manifest
+from .progress import BatchProgress
+
 #: Stages whose settings shape an identity profile (others, e.g. output.crf, do not).
 PROFILE_STAGES = ("device", "seed", "track", "encoder", "generator", "finetuner")
 

@@ -37,7 +37,17 @@ from ..core.files import check_input_file, check_not_an_input, claim_outputs, te
 from ..core.presets import Preset, fallback_preset, preset_path_for, resolve_preset
 from ..core.stages import prefetch
 from ..core.types import Audio, Frame, TrackedFace
-from ..media.video import IMAGE_SUFFIXES, VideoWriter, choose_video_codec, check_frame_size, check_output_path, probe_video, read_frames, read_frames_at, read_image
+from ..media.video import (
+    IMAGE_SUFFIXES,
+    VideoWriter,
+    check_frame_size,
+    check_output_path,
+    choose_video_codec,
+    probe_video,
+    read_frames,
+    read_frames_at,
+    read_image,
+)
 from .review import Review, review_paths
 from .soundtrack import TrackFormat, choose_format, require_copyable, write_track
 from .synthesis import run_frames

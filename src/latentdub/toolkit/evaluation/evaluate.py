@@ -34,8 +34,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..core.config import config_to_dict, parse_config
 from ..core.build import BuildContext, build_with_defaults
+from ..core.config import config_to_dict, parse_config
 from ..core.errors import BadInputError, LatentdubError, MissingWeightsError, PluginError
 from ..core.files import check_writable_file, write_text_atomic
 from ..core.protocols import ClipScorer, Metric

@@ -70,8 +70,8 @@ def _image_crops(source: Path, components: Components, size: int) -> tuple[np.nd
 def _video_crops(source: Path, components: Components, size: int, k: int, progress: bool) -> tuple[np.ndarray, list[int], int]:
     from tqdm import tqdm
 
-    from ..faces.track import analyse_video, select_keyframes
     from ..faces.align import ffhq_alignment, warp_to_crop
+    from ..faces.track import analyse_video, select_keyframes
     from ..media.video import probe_video, read_frames, read_frames_at
 
     info = probe_video(source)
