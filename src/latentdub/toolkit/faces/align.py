@@ -57,6 +57,30 @@ def ffhq_alignment(landmarks: np.ndarray, size: int, scale: float = 1.0) -> Alig
     return Alignment(matrix=np.concatenate([rot, offset[:, None]], axis=1), size=int(size))
 
 
+def crop_source_region(alignment: Alignment, frame_hw: Sequence[int]) -> tuple[tuple[int, int, int, int], np.ndarray, float]:
+    """The part of a frame ``(h, w)`` an aligned crop samples: box (x0, y0, x1, y1) in frame px,
+    the alignment matrix ``[2, 3]`` from that box to the crop, and the scale (crop px per frame px).
+
+    The box is the crop's footprint plus the filter's support; a side is cut
+    only where the footprint lies inside the image, so reflection stays at real edges.
+    """
+    m = np.array(alignment.matrix, np.float64)
+    size = alignment.size
+    h, w = int(frame_hw[0]), int(frame_hw[1])
+    corners = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
+    pre = alignment.invert(corners)
+    k = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    pad = 2.0 / min(k, 1.0) + 2.0
+    lo = np.floor(pre.min(0) - pad).astype(int)
+    hi = np.ceil(pre.max(0) + pad).astype(int) + 1
+    x0 = int(lo[0]) if 0 < lo[0] < w else 0
+    y0 = int(lo[1]) if 0 < lo[1] < h else 0
+    x1 = int(hi[0]) if x0 < hi[0] < w else w
+    y1 = int(hi[1]) if y0 < hi[1] < h else h
+    m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)
+    return (x0, y0, x1, y1), m, k
+
+
 def warp_to_crop(image: np.ndarray, alignment: Alignment) -> np.ndarray:
     """Aligned crop uint8 ``[S, S, 3]`` of frame ``image`` uint8 ``[H, W, 3]``.
 
@@ -68,28 +92,13 @@ def warp_to_crop(image: np.ndarray, alignment: Alignment) -> np.ndarray:
     """
     import cv2
 
-    m = np.array(alignment.matrix, np.float64)
-    size = alignment.size
-    h, w = image.shape[:2]
-    corners = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
-    pre = alignment.invert(corners)
-    k = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))  # crop px per frame px
-    # sample only the region the crop reaches (plus the filter's support); a side is
-    # cut only where that region lies inside the image, so reflection stays at real edges
-    pad = 2.0 / min(k, 1.0) + 2.0
-    lo = np.floor(pre.min(0) - pad).astype(int)
-    hi = np.ceil(pre.max(0) + pad).astype(int) + 1
-    x0 = lo[0] if 0 < lo[0] < w else 0
-    y0 = lo[1] if 0 < lo[1] < h else 0
-    x1 = hi[0] if x0 < hi[0] < w else w
-    y1 = hi[1] if y0 < hi[1] < h else h
+    (x0, y0, x1, y1), m, k = crop_source_region(alignment, image.shape[:2])
     image = image[y0:y1, x0:x1]
-    m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)
     while k < 0.5 and min(image.shape[:2]) > 8:
         image = cv2.pyrDown(image)  # pixel x of the result sits at 2x of its source
         m[:, :2] *= 2.0
         k *= 2.0
-    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    return cv2.warpAffine(image, m, (alignment.size, alignment.size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
 
 
 def warp_to_frame(crop: np.ndarray, alignment: Alignment, frame_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

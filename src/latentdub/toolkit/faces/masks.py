@@ -188,6 +188,23 @@ def gaussian_feather(mask: np.ndarray, sigma: float) -> np.ndarray:
     return mask.astype(np.float32)
 
 
+def region_outline(
+    landmarks: np.ndarray, image_shape: tuple[int, int], region: Region, dilate: float, feather: float, jaw_margin: float,
+) -> tuple[np.ndarray, float, tuple[int, int, int, int]]:
+    """What :func:`region_mask` draws: the grown hull ``[K, 2]`` px, the feather sigma (px) and the
+    box (x0, y0, x1, y1) clipped to the image where the mask can be non-zero (empty when x1 <= x0 or y1 <= y0)."""
+    iod = inter_ocular(landmarks)
+    hull = grown_hull(region_points(landmarks, region, jaw_margin), dilate * iod)
+    sigma = feather * iod
+    pad = int(np.ceil(3 * sigma)) + 2
+    h, w = image_shape
+    x0 = max(int(np.floor(hull[:, 0].min())) - pad, 0)
+    y0 = max(int(np.floor(hull[:, 1].min())) - pad, 0)
+    x1 = min(int(np.ceil(hull[:, 0].max())) + pad + 1, w)
+    y1 = min(int(np.ceil(hull[:, 1].max())) + pad + 1, h)
+    return hull, sigma, (x0, y0, x1, y1)
+
+
 def region_mask(
     landmarks: np.ndarray,
     image_shape: tuple[int, int],
@@ -205,15 +222,7 @@ def region_mask(
     (x0, y0, x1, y1) box in image px, clipped to the image; empty when the
     face lies outside it).
     """
-    iod = inter_ocular(landmarks)
-    hull = grown_hull(region_points(landmarks, region, jaw_margin), dilate * iod)
-    sigma = feather * iod
-    pad = int(np.ceil(3 * sigma)) + 2
-    h, w = image_shape
-    x0 = max(int(np.floor(hull[:, 0].min())) - pad, 0)
-    y0 = max(int(np.floor(hull[:, 1].min())) - pad, 0)
-    x1 = min(int(np.ceil(hull[:, 0].max())) + pad + 1, w)
-    y1 = min(int(np.ceil(hull[:, 1].max())) + pad + 1, h)
+    hull, sigma, (x0, y0, x1, y1) = region_outline(landmarks, image_shape, region, dilate, feather, jaw_margin)
     if x1 <= x0 or y1 <= y0:
         return np.zeros((0, 0), np.float32), (0, 0, 0, 0)
     mask = gaussian_feather(fill_polygon(hull, (y1 - y0, x1 - x0), (x0, y0)), sigma)

@@ -26,7 +26,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ..core.types import Alignment
-from .masks import MIN_RING_PIXELS, Region, fill_polygon, grown_hull, inter_ocular, region_points
+from .align import crop_source_region
+from .masks import MIN_RING_PIXELS, Region, fill_polygon, region_outline
 
 #: OpenCV's warps place sampling positions on a 1/32 px grid (``INTER_BITS = 5``), summing the
 #: shares of a row and a column each rounded to 1/1024 px (``AB_BITS = 10``).
@@ -116,26 +117,13 @@ def warp_to_crop_torch(frame: Any, alignment: Alignment) -> Any:
     The same region of interest, the same Gaussian pyramid steps when the crop
     shrinks the face more than 2x, bicubic sampling with reflected borders.
     """
-    m = np.array(alignment.matrix, np.float64)
-    size = alignment.size
-    h, w = int(frame.shape[0]), int(frame.shape[1])
-    corners = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
-    pre = alignment.invert(corners)
-    k = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
-    pad = 2.0 / min(k, 1.0) + 2.0
-    lo = np.floor(pre.min(0) - pad).astype(int)
-    hi = np.ceil(pre.max(0) + pad).astype(int) + 1
-    x0 = lo[0] if 0 < lo[0] < w else 0
-    y0 = lo[1] if 0 < lo[1] < h else 0
-    x1 = hi[0] if x0 < hi[0] < w else w
-    y1 = hi[1] if y0 < hi[1] < h else h
+    (x0, y0, x1, y1), m, k = crop_source_region(alignment, frame.shape[:2])
     x = _chw(frame[y0:y1, x0:x1])
-    m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)
     while k < 0.5 and min(x.shape[-2:]) > 8:
         x = pyr_down(x)
         m[:, :2] *= 2.0
         k *= 2.0
-    return _hwc_uint8(_sample(x, _invert_affine(m), (size, size), "reflection", "bicubic"))
+    return _hwc_uint8(_sample(x, _invert_affine(m), (alignment.size, alignment.size), "reflection", "bicubic"))
 
 
 def warp_crops(frames: list[Any], alignments: list[Alignment]) -> Any:
@@ -176,15 +164,7 @@ def region_mask_torch(
     """:func:`.masks.region_mask` with the feather on ``device``: (float32 mask tensor ``[y1-y0, x1-x0]``, box (x0, y0, x1, y1))."""
     import torch
 
-    iod = inter_ocular(landmarks)
-    hull = grown_hull(region_points(landmarks, region, jaw_margin), dilate * iod)
-    sigma = feather * iod
-    pad = int(np.ceil(3 * sigma)) + 2
-    h, w = image_shape
-    x0 = max(int(np.floor(hull[:, 0].min())) - pad, 0)
-    y0 = max(int(np.floor(hull[:, 1].min())) - pad, 0)
-    x1 = min(int(np.ceil(hull[:, 0].max())) + pad + 1, w)
-    y1 = min(int(np.ceil(hull[:, 1].max())) + pad + 1, h)
+    hull, sigma, (x0, y0, x1, y1) = region_outline(landmarks, image_shape, region, dilate, feather, jaw_margin)
     if x1 <= x0 or y1 <= y0:
         return torch.zeros((0, 0), dtype=torch.float32, device=device), (0, 0, 0, 0)
     coverage = torch.from_numpy(fill_polygon(hull, (y1 - y0, x1 - x0), (x0, y0))).to(device)
