@@ -50,7 +50,7 @@ from ..media.video import (
 )
 from .review import Review, review_paths
 from .soundtrack import TrackFormat, choose_format, require_copyable, write_track
-from .synthesis import run_frames
+from .synthesis import run_frames, runs_overlapped
 from .timing import Timeline
 
 #: Reference crops handed to ``Renderer.prepare`` (spread over the clip).
@@ -447,7 +447,7 @@ def _dub(video: Path, audio: Path, output: str | Path, preset: Preset, profile: 
     with _timed(summary, "analyse"), _progress(info.n_frames, "analyse", progress) as bar:
         kept = _FrameKeeper(info.n_frames)
         decoded = read_frames(video, fps=fps, info=info)
-        if preset.runtime.overlapped(components.device):  # decode on a thread while the detector works
+        if runs_overlapped(components):  # decode on a thread while the detector works
             decoded = prefetch(decoded, preset.runtime.queue_depth, "decode")
         try:
             track = analyse_video(

@@ -54,6 +54,11 @@ def _landmarks(face: Any) -> np.ndarray:
     return face.landmarks68 if face.landmarks68 is not None else face.landmarks5
 
 
+def runs_overlapped(components: Any) -> bool:
+    """Whether this run's passes use threads (``runtime.overlap``; its default depends on whether the run renders with networks)."""
+    return components.preset.runtime.overlapped(components.device, networks="generator" in components.preset.stages)
+
+
 class FrameStages:
     """The stage functions of one synthesis pass (see the module docstring)."""
 
@@ -131,7 +136,7 @@ def run_frames(
     """
     runtime = components.preset.runtime
     device = components.device
-    overlapped = runtime.overlapped(device, networks="generator" in components.preset.stages)
+    overlapped = runs_overlapped(components)
     stages = FrameStages(components, motion, device, runtime.torch_frame_ops(device))
 
     def decode() -> Iterator[_Item]:

@@ -105,12 +105,6 @@ def _sample(
     return F.grid_sample(src, grid, mode=mode, padding_mode=padding, align_corners=False)
 
 
-def _invert_affine(m: np.ndarray) -> np.ndarray:
-    a = np.asarray(m, np.float64)
-    inv = np.linalg.inv(a[:, :2])
-    return np.concatenate([inv, -(inv @ a[:, 2])[:, None]], axis=1)
-
-
 def warp_to_crop_torch(frame: Any, alignment: Alignment) -> Any:
     """Aligned crop uint8 ``[S, S, 3]`` of frame tensor uint8 ``[H, W, 3]``, as :func:`.align.warp_to_crop`.
 
@@ -123,7 +117,7 @@ def warp_to_crop_torch(frame: Any, alignment: Alignment) -> Any:
         x = pyr_down(x)
         m[:, :2] *= 2.0
         k *= 2.0
-    return _hwc_uint8(_sample(x, _invert_affine(m), (alignment.size, alignment.size), "reflection", "bicubic"))
+    return _hwc_uint8(_sample(x, Alignment(m, alignment.size).inverse_matrix(), (alignment.size, alignment.size), "reflection", "bicubic"))
 
 
 def warp_crops(frames: list[Any], alignments: list[Alignment]) -> Any:
