@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentdub.plugins.viseme_motion import VisemeConfig, VisemeMotion
+from latentdub.plugins.viseme_motion import VisemeConfig, VisemeMotion, mark_breaths
 from latentdub.toolkit.core.config import parse_config
 from latentdub.toolkit.core.errors import BadInputError
 from latentdub.toolkit.core.plugins import get_component
 from latentdub.toolkit.core.types import Audio
 from latentdub.toolkit.media.audio import load_audio
-from latentdub.toolkit.media.phonemes import PhoneDecoder, word_segments
+from latentdub.toolkit.media.phonemes import VISEME_SHAPES, PhoneDecoder, PhoneSegment, word_segments
 
 FPS = 25.0
 SWWP2S = "id2_vcd_swwp2s.mpg"
@@ -119,7 +119,7 @@ def test_recognition_separates_speech_from_silence(grid_speech, reference_words)
 
 @pytest.mark.parametrize("method", ["align", "recognize", "energy"])
 def test_mouth_closed_in_silence_open_in_vowels(grid_speech, method):
-    cfg = VisemeConfig(method=method, transcript="set white with p two soon" if method == "align" else None)
+    cfg = VisemeConfig(method=method, transcript="set white with p two soon" if method == "align" else None, breaths=False)
     motion = VisemeMotion(cfg).predict(grid_speech[SWWP2S], FPS, 75)
     assert motion.kind == "mouth" and motion.codes.shape == (75, 3) and motion.codes.dtype == np.float32
     assert motion.extra["method"] == method and len(motion) == 75
@@ -129,6 +129,20 @@ def test_mouth_closed_in_silence_open_in_vowels(grid_speech, method):
     closed = 0.08 if method == "energy" else 0.01
     assert opening[:10].max() < closed and opening[-12:].max() < closed
     assert opening[14:56].max() > 0.12  # speech between 0.56 s and 2.2 s
+
+
+@pytest.mark.parametrize("method", ["align", "recognize"])
+def test_audible_breath_before_speech_parts_the_lips(grid_speech, method):
+    """swwp2s breathes in audibly from about 0.1 s to 0.45 s, before "set" (0.49 s), with the mouth open about 0.2 IOD."""
+    cfg = VisemeConfig(method=method, transcript="set white with p two soon" if method == "align" else None)
+    motion = VisemeMotion(cfg).predict(grid_speech[SWWP2S], FPS, 75)
+    breaths = [s for s in motion.extra["phones"] if s["phone"] == "BREATH"]
+    assert len(breaths) == 1 and 0.05 <= breaths[0]["start"] < 0.2 and 0.35 < breaths[0]["end"] <= 0.5
+    opening = motion.codes[:, 0]
+    assert 0.08 < opening[5:10].min() and opening[5:10].max() <= VISEME_SHAPES["BREATH"][0] + 1e-6
+    assert opening[-12:].max() < 0.01  # after the sentence: no breath, the speech's decay is not one
+    pause = [PhoneSegment("SIL", 0.0, 1.0)]  # no speech follows: nothing is a breath, however loud
+    assert mark_breaths(pause, Audio(np.full(16000, 0.1, np.float32), 16000)) == pause
 
 
 def test_bilabial_closure_and_rounding(grid_speech):

@@ -14,7 +14,10 @@ the targets. Bilabials have a high dominance so P/B/M closures still close
 the lips, tongue consonants borrow the opening of their vowels. Frame ``t``
 is sampled at ``t / fps - latency_ms / 1000`` s (the timing convention of
 :mod:`latentdub.toolkit.dubbing.timing`). Recognised phones during which the
-300-3000 Hz band stays under the noise gate become silence. The ``energy``
+300-3000 Hz band stays under the noise gate become silence; silence before
+speech during which that band stays audible (above the gate) for at least
+:data:`BREATH_MIN_S` is an inhalation (phone ``BREATH``: the lips part, as a
+speaker breathing in before a sentence or after a pause does). The ``energy``
 fallback maps that band's level (noise gate -> 0, loud speech -> 0.25) to the
 opening only; width and protrusion stay 0.
 """
@@ -40,6 +43,10 @@ ENVELOPE_HOP = 0.01
 NOISE_MARGIN_DB = 6.0
 #: Speech band below this level (dBFS) is silence whatever the clip.
 ABSOLUTE_GATE_DB = -90.0
+#: Shortest audible stretch of a pause that counts as a breath, seconds.
+BREATH_MIN_S = 0.1
+#: Sound within this long after speech ends is its decay, not a breath, seconds.
+SPEECH_DECAY_S = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +60,8 @@ class VisemeConfig:
     ``transcript_file``: UTF-8 text file with them (used when ``transcript``
     is None); ``smoothing_ms``: coarticulation reach of each target, ms;
     ``gain``: scale on the opening; ``latency_ms``: delay of the mouth
-    relative to the sound, ms (negative = the mouth leads the sound).
+    relative to the sound, ms (negative = the mouth leads the sound);
+    ``breaths``: see :func:`mark_breaths`.
     """
 
     method: Literal["auto", "align", "recognize", "energy"] = "auto"
@@ -62,6 +70,8 @@ class VisemeConfig:
     smoothing_ms: Annotated[float, Range(ge=0, le=1000)] = 40.0
     gain: Annotated[float, Range(ge=0, le=10)] = 1.0
     latency_ms: Annotated[float, Range(ge=-1000, le=1000)] = 0.0
+    #: Part the lips for audible breaths in the pauses before speech (``BREATH`` phones).
+    breaths: bool = True
 
 
 @hookimpl
@@ -116,15 +126,18 @@ class VisemeMotion:
         if method == "align" or (method == "auto" and self.transcript is not None):
             where = "motion.transcript" if self.config.transcript is not None else str(self.config.transcript_file)
             try:
-                return self.decoder.align(audio, self.transcript or "", where=where), "align", None
+                return self._breathing(self.decoder.align(audio, self.transcript or "", where=where), audio), "align", None
             except BadInputError as exc:
                 if method == "align":
                     raise
                 fallback = str(exc)
         segments = gate_silence(self.decoder.recognize(audio), audio)
         if method == "recognize" or any(s.phone != "SIL" for s in segments):
-            return segments, "recognize", fallback
+            return self._breathing(segments, audio), "recognize", fallback
         return [], "energy", fallback or "phone recognition found no speech"
+
+    def _breathing(self, segments: list[Any], audio: Audio) -> list[Any]:
+        return mark_breaths(segments, audio) if self.config.breaths else segments
 
     def predict(self, audio: Audio, fps: float, n_frames: int, identity: Optional[Any] = None) -> Motion:
         """Mouth codes float32 ``[n_frames, 3]`` for frames at ``t / fps`` s; ``identity`` is unused."""
@@ -208,6 +221,42 @@ def gate_silence(segments: list[Any], audio: Audio) -> list[Any]:
         if seg.phone != "SIL" and not level[a:b].any():
             seg = dataclasses.replace(seg, phone="SIL")
         out.append(seg)
+    return out
+
+
+def mark_breaths(segments: list[Any], audio: Audio) -> list[Any]:
+    """``segments`` with the audible stretches of each pause before speech relabelled ``BREATH``.
+
+    A stretch is audible where the speech band is above the noise gate
+    (:func:`speech_levels` > 0) for at least :data:`BREATH_MIN_S`; the first
+    :data:`SPEECH_DECAY_S` after speech and the silence after the last phone
+    are never breaths (breathing in comes before speaking).
+    """
+    from latentdub.toolkit.media.audio import speech_envelope
+
+    spoken = [n for n, s in enumerate(segments) if s.phone != "SIL"]
+    if not spoken:
+        return list(segments)
+    audible = speech_levels(speech_envelope(audio, hop=ENVELOPE_HOP)) > 0
+    out = []
+    for n, seg in enumerate(segments):
+        if seg.phone != "SIL" or n > spoken[-1]:
+            out.append(seg)
+            continue
+        start = seg.start + (SPEECH_DECAY_S if n > spoken[0] else 0.0)
+        a, b = int(np.ceil(start / ENVELOPE_HOP)), int(seg.end / ENVELOPE_HOP)
+        edges = np.flatnonzero(np.diff(np.r_[False, audible[a:b], False].astype(np.int8)))
+        done = seg.start
+        for on, off in zip(edges[::2], edges[1::2]):
+            if (off - on) * ENVELOPE_HOP < BREATH_MIN_S:
+                continue
+            begin, end = float((a + on) * ENVELOPE_HOP), float(min((a + off) * ENVELOPE_HOP, seg.end))
+            if begin > done:
+                out.append(dataclasses.replace(seg, start=done, end=begin))
+            out.append(dataclasses.replace(seg, phone="BREATH", start=begin, end=end))
+            done = end
+        if done < seg.end:
+            out.append(dataclasses.replace(seg, start=done, end=seg.end))
     return out
 
 

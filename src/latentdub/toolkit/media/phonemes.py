@@ -81,6 +81,8 @@ VISEME_OF_PHONE: dict[str, str] = {
     "AA": "AA", "AE": "AE", "AH": "AH", "AO": "AO",
     "EH": "EH", "IH": "IH", "IY": "IY", "ER": "ER", "UH": "UH", "UW": "UW",
     "SIL": "SIL",
+    # not an ARPAbet phone: an audible inhalation before speech (see latentdub.plugins.viseme_motion.mark_breaths)
+    "BREATH": "BREATH",
 }
 
 #: Diphthongs glide between two vowel targets (first at 1/3, second at 2/3 of the span).
@@ -111,6 +113,8 @@ VISEME_SHAPES: dict[str, tuple[float, float, float, float]] = {
     "ER": (0.11, -0.05, 0.4, 1.0),
     "UH": (0.13, -0.08, 0.6, 1.0),
     "UW": (0.10, -0.15, 1.0, 1.0),
+    # breathing in through the mouth parts the lips moderately (GRID speakers: 0.1-0.25 before a sentence)
+    "BREATH": (0.12, 0.00, 0.0, 0.5),
 }
 
 
