@@ -112,6 +112,9 @@ def quality(folder: Path, settings: list[str]) -> list[str]:
             totals.setdefault(k, []).append(float(v))
         rows.append(_row(f"{a.stem} -> {b.stem}", values))
     rows.append(_row("mean", {k: float(np.mean(v)) for k, v in totals.items()}))
+    behind = np.array(totals["r_warp"]) - np.array(totals["r_bank"])
+    worst = int(np.argmax(behind))
+    rows.append(f"\nLargest shortfall of the mouth bank's r against warp: {behind[worst]:+.3f} ({clips[worst].stem} -> {clips[(worst + 1) % len(clips)].stem}).")
     return rows
 
 

@@ -13,9 +13,12 @@ target code, plus the pose distance and a saturating time distance to the
 source frame it is drawn on, ``Motion.extra["source_index"]``), plus the
 entries that continue the previous frame's candidates; a Viterbi pass over
 the whole timeline then minimises those costs plus a transition cost (0 for
-the next source frame, ``hold_cost`` for the same one, ``jump_cost``
-otherwise), so choices do not flicker and runs of consecutive real frames
-win. The source's phones are not known to a renderer (the study pass shows
+the next source frame, ``hold_cost`` for the same one, ``jump_cost`` plus how
+unlike the mouth that would have come next the new one looks otherwise,
+:func:`mouth_look`), so choices do not flicker, runs of consecutive real
+frames win and cuts go between mouths that look alike. The target openings
+are first scaled towards the speaker's own range (by at most
+``least_opening_scale``). The source's phones are not known to a renderer (the study pass shows
 crops, not the clip's sound), so the bank is indexed by measured shape and
 pose only.
 
@@ -63,6 +66,8 @@ from latentdub.toolkit.faces.measures import head_pose, mouth_shapes, neutral_mo
 
 #: Part of the aligned crop a bank entry keeps: rows from this fraction of the side down, columns between these fractions.
 _BOX_TOP, _BOX_LEFT, _BOX_RIGHT = 0.45, 0.08, 0.92
+#: Look of an entry (:func:`mouth_look`): grey patch (w, h) px with the mouth corners at (x, y) and (w - x, y).
+_LOOK_SIZE, _LOOK_CORNER = (32, 24), (6, 9)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +84,9 @@ class MouthBankConfig:
     min_entries: Annotated[int, Range(ge=1, le=10000)] = 25
     #: Nearest bank entries per output frame the timeline search considers.
     candidates: Annotated[int, Range(ge=1, le=256)] = 12
-    #: Scale the target openings down towards the clip's own range (by at most half): fewer warp fallbacks and steadier
-    #: mouths, but a smaller movement (mean sync r 0.59 instead of 0.61 on the GRID benchmark, docs/benchmarks.md).
-    fit_openings: bool = False
+    #: Least scale on the target openings that brings them towards the clip's own range (1: never scaled): a speaker
+    #: who opens little is dubbed opening little, with fewer warp fallbacks and steadier mouths (docs/benchmarks.md).
+    least_opening_scale: Annotated[float, Range(gt=0, le=1)] = 0.75
     #: A frame falls back to the warp renderer when no entry's opening is within this of the target (IOD).
     max_opening_gap: Annotated[float, Range(gt=0, le=1)] = 0.05
     #: Shape differences that cost 1 (opening and width in IOD, protrusion in code units).
@@ -97,6 +102,9 @@ class MouthBankConfig:
     #: Transition costs: showing the same entry again, and any jump that is not the next source frame.
     hold_cost: Annotated[float, Range(ge=0, le=100)] = 1.0
     jump_cost: Annotated[float, Range(ge=0, le=100)] = 3.0
+    #: A jump costs 1 more per this many grey levels of mean difference between the mouth it cuts to and the one
+    #: that would have come next (:func:`mouth_look`), so cuts go to mouths that look alike (teeth, tongue, light).
+    look_scale: Annotated[float, Range(gt=0, le=255)] = 4.0
     #: Weight of the neighbouring choice cross-faded in on both sides of a jump, and of the warp drawing next to a fallback frame.
     crossfade: Annotated[float, Range(ge=0, le=0.5)] = 0.33
     #: Blend region in the crop: lower face grown this far below the jaw, feathered with this sigma (IOD).
@@ -129,6 +137,7 @@ class MouthBank:
         self.frames = np.zeros(0, np.int64)
         self.landmarks = np.zeros((0, 68, 2), np.float32)  # entry px (crop px minus the box origin)
         self.poses = np.zeros((0, 3), np.float32)
+        self.looks = np.zeros((0, _LOOK_SIZE[0] * _LOOK_SIZE[1]), np.float32)
         #: Pose of every studied frame (frame index, pose), for the source frames output frames are drawn on.
         self.studied: list[tuple[np.ndarray, np.ndarray]] = []
 
@@ -146,6 +155,7 @@ class MouthBank:
             self.frames = np.zeros(self.capacity, np.int64)
             self.landmarks = np.zeros((self.capacity, 68, 2), np.float32)
             self.poses = np.zeros((self.capacity, 3), np.float32)
+            self.looks = np.zeros((self.capacity, _LOOK_SIZE[0] * _LOOK_SIZE[1]), np.float32)
         x0, y0, x1, y1 = self.box
         for crop, points, frame, pose in zip(crops, landmarks68, frames, poses):
             self.seen += 1
@@ -161,11 +171,12 @@ class MouthBank:
             self.frames[self.count] = frame
             self.landmarks[self.count] = points - np.array([x0, y0], np.float32)
             self.poses[self.count] = pose
+            self.looks[self.count] = mouth_look(crop, points)
             self.count += 1
 
     def _halve(self) -> None:
         keep = np.arange(0, self.count, 2)
-        for array in (self.images, self.frames, self.landmarks, self.poses):
+        for array in (self.images, self.frames, self.landmarks, self.poses, self.looks):
             array[: len(keep)] = array[keep]
         self.count, self.stride = len(keep), self.stride * 2
 
@@ -195,12 +206,26 @@ class MouthBank:
             self._tmp = None
 
 
+def mouth_look(crop: np.ndarray, points68: np.ndarray) -> np.ndarray:
+    """What a mouth looks like, float32 ``[h * w]``: the grey crop uint8 ``[S, S, 3]`` around the mouth, scaled and
+    rotated so the corners (landmarks 48, 54, crop px) land on fixed points of a small patch, mean removed."""
+    (w, h), (cx, cy) = _LOOK_SIZE, _LOOK_CORNER
+    left, right = np.asarray(points68[48], np.float64), np.asarray(points68[54], np.float64)
+    length = max(float(np.hypot(*(right - left))), 1e-6)
+    cos, sin = (right - left) / length * (w - 2 * cx) / length  # maps the corner-to-corner vector onto (w - 2 cx, 0)
+    rotation = np.array([[cos, sin], [-sin, cos]])
+    matrix = np.concatenate([rotation, (np.array([cx, cy]) - rotation @ left)[:, None]], axis=1)
+    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+    patch = cv2.warpAffine(grey, matrix, (w, h), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE).astype(np.float32).ravel()
+    return patch - patch.mean()
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What the renderer draws at each output frame.
 
     ``codes``: the target float64 ``[T, 3]`` (openings fitted to the clip's
-    range with ``fit_openings``); ``primary``, ``secondary``: bank positions
+    range, ``least_opening_scale``); ``primary``, ``secondary``: bank positions
     int64 ``[T]`` (-1: none); ``weight``: float32 ``[T]`` of the secondary;
     ``fallback``: {frame: reason} for the frames the warp renderer draws.
     """
@@ -289,12 +314,12 @@ class MouthBankRenderer:
         return self._plan[1]
 
     def _fitted(self, codes: np.ndarray) -> np.ndarray:
-        """``codes`` with the openings scaled into the speaker's own range (``fit_openings``): the target's 95th
-        percentile over speech frames is brought down to the bank's, by at most half; never scaled up."""
+        """``codes`` with the openings scaled into the speaker's own range: the target's 95th percentile over speech
+        frames is brought down to the bank's, by a factor of at least ``least_opening_scale``; never scaled up."""
         speech = codes[codes[:, 0] > 0.02, 0]
-        if not self.config.fit_openings or len(speech) == 0:
+        if len(speech) == 0:
             return codes
-        scale = float(np.clip(np.percentile(self.shapes[:, 0], 95) / np.percentile(speech, 95), 0.5, 1.0))
+        scale = float(np.clip(np.percentile(self.shapes[:, 0], 95) / np.percentile(speech, 95), self.config.least_opening_scale, 1.0))
         out = codes.copy()
         out[:, 0] *= scale
         return out
@@ -305,9 +330,12 @@ class MouthBankRenderer:
         n = len(cands)
         total = costs[0].copy()
         back = np.zeros(cands.shape, np.int64)
+        looks = self.bank.looks
         for t in range(1, n):
             prev, cur = cands[t - 1][:, None], cands[t][None]
-            trans = np.where(prev == cur, cfg.hold_cost, cfg.jump_cost)
+            following = np.where(runs_on[cands[t - 1]], cands[t - 1] + 1, cands[t - 1])
+            unlike = np.abs(looks[following][:, None] - looks[cands[t]][None]).mean(-1) / cfg.look_scale
+            trans = np.where(prev == cur, cfg.hold_cost, cfg.jump_cost + unlike)
             trans = np.where((prev + 1 == cur) & runs_on[prev], 0.0, trans)
             step = total[:, None] + trans
             back[t] = np.argmin(step, axis=0)
