@@ -80,7 +80,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
-def quality(folder: Path, settings: list[str]) -> list[str]:
+def quality(folder: Path, settings: list[str], shift: int = 1) -> list[str]:
     from latentdub.toolkit.core.presets import TrackConfig
     from latentdub.toolkit.dubbing.pipeline import dub
     from latentdub.toolkit.faces.track import analyse_video
@@ -94,7 +94,7 @@ def quality(folder: Path, settings: list[str]) -> list[str]:
             "|---|---|---|---|---|---|"]
     totals: dict[str, list[float]] = {}
     for i, a in enumerate(clips):
-        b = clips[(i + 1) % len(clips)]
+        b = clips[(i + shift) % len(clips)]
         got, fallback = {}, 0
         for name, preset in RENDERERS.items():
             out = folder / f"{a.stem}-{b.stem}-{name}.mp4"
@@ -114,7 +114,7 @@ def quality(folder: Path, settings: list[str]) -> list[str]:
     rows.append(_row("mean", {k: float(np.mean(v)) for k, v in totals.items()}))
     behind = np.array(totals["r_warp"]) - np.array(totals["r_bank"])
     worst = int(np.argmax(behind))
-    rows.append(f"\nLargest shortfall of the mouth bank's r against warp: {behind[worst]:+.3f} ({clips[worst].stem} -> {clips[(worst + 1) % len(clips)].stem}).")
+    rows.append(f"\nLargest shortfall of the mouth bank's r against warp: {behind[worst]:+.3f} ({clips[worst].stem} -> {clips[(worst + shift) % len(clips)].stem}).")
     return rows
 
 
@@ -161,12 +161,13 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the 720p clip")
+    parser.add_argument("--shift", type=int, default=1, help="--quality dubs clip i with the speech of clip i + SHIFT (1: the pairs of tests/test_preview_sync.py)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset override (repeatable): every run of --speed, the mouthbank runs of --quality")
     args = parser.parse_args()
     everything = not (args.quality or args.speed or args.memory)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for wanted, run in ((args.quality, lambda: quality(folder, args.set)), (args.speed, lambda: speed(folder, args.seconds, args.set)), (args.memory, lambda: memory(folder))):
+        for wanted, run in ((args.quality, lambda: quality(folder, args.set, args.shift)), (args.speed, lambda: speed(folder, args.seconds, args.set)), (args.memory, lambda: memory(folder))):
             if wanted or everything:
                 print("\n".join(run()), "", sep="\n", flush=True)
 

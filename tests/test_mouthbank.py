@@ -131,3 +131,40 @@ def test_the_bank_stays_bounded_and_spills_to_disk():
     assert all(int(bank.images[i, 0, 0, 0]) == f for i, f in enumerate(bank.frames[: bank.count]))  # crops moved with their frames
     assert len(bank.source_poses(np.arange(100))) == 100  # every studied frame keeps its pose
     bank.close()
+
+
+def test_a_mouths_look_ignores_where_the_mouth_sits_and_sees_what_it_shows():
+    """mouth_look of the same mouth moved, turned and scaled in the crop stays close; a mouth showing teeth differs."""
+    import cv2
+
+    from latentdub.plugins.mouthbank import mouth_look
+    from latentdub.toolkit.faces.masks import TEMPLATE_68
+
+    rng = np.random.default_rng(0)
+    crop = cv2.GaussianBlur(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8), (0, 0), 6)  # skin-like: smooth at the look's scale
+    points = TEMPLATE_68 * 90 + 128
+    look = mouth_look(crop, points)
+    turn = cv2.getRotationMatrix2D((120.0, 130.0), 12.0, 1.15)
+    moved = cv2.warpAffine(crop, turn, (256, 256), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    moved_points = points @ turn[:, :2].T + turn[:, 2]
+    teeth = crop.copy()
+    x0, y0 = np.floor(points[60:68].min(0)).astype(int)
+    x1, y1 = np.ceil(points[60:68].max(0)).astype(int)
+    teeth[y0 - 3:y1 + 4, x0:x1] = 240
+    same = np.abs(mouth_look(moved, moved_points) - look).mean()
+    other = np.abs(mouth_look(teeth, points) - look).mean()
+    assert same < 0.25 * other
+
+
+def test_target_openings_come_towards_the_speakers_range_never_beyond_the_least_scale():
+    renderer = MouthBankRenderer(MouthBankConfig(least_opening_scale=0.75))
+    codes = np.zeros((100, 3))
+    codes[:, 0] = np.linspace(0.0, 0.3, 100)
+    renderer.shapes = np.array([[0.27, 0, 0], *[[o, 0, 0] for o in np.linspace(0.0, 0.25, 99)]])
+    near = renderer._fitted(codes)[:, 0] / np.maximum(codes[:, 0], 1e-9)
+    renderer.shapes = renderer.shapes * 0.2  # a speaker who barely opens
+    far = renderer._fitted(codes)[:, 0] / np.maximum(codes[:, 0], 1e-9)
+    renderer.shapes = renderer.shapes * 10  # one who opens wider than the target
+    wide = renderer._fitted(codes)[:, 0] / np.maximum(codes[:, 0], 1e-9)
+    assert 0.75 < near[1:].min() < 1.0 and np.ptp(near[1:]) < 1e-9  # one scale for the whole timeline
+    assert np.allclose(far[1:], 0.75) and np.allclose(wide[1:], 1.0)
