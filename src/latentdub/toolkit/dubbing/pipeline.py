@@ -24,7 +24,7 @@ import dataclasses
 import math
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -499,10 +499,9 @@ def _study_source(
     """The study pass: show each ``SourceStudent`` among the renderer and motion model every aligned face crop.
 
     ``frames()`` yields (frame uint8 ``[H, W, 3]``, its tracked face) in
-    source order; it is not called when no component studies.
+    source order; it is not called when no component studies. In an
+    overlapped run the frames are decoded and cut on a thread while the students study.
     """
-    from ..faces.align import warp_to_crop
-
     students = [components[s] for s in ("renderer", "motion") if isinstance(components[s], protocols.SourceStudent)]
     if not students:
         return
@@ -518,16 +517,29 @@ def _study_source(
             crops.clear(), lms.clear(), indices.clear()
 
     with _timed(summary, "study"), _progress(total, "study", progress) as bar:
-        for image, tracked in frames():
-            bar.update(1)
-            if tracked.face is None:
-                continue
-            crops.append(warp_to_crop(image, tracked.alignment))
-            lms.append(tracked.alignment.apply(_landmarks(tracked.face)))
-            indices.append(tracked.frame_index)
-            if len(crops) >= STUDY_BATCH:
-                flush()
+        faces = _face_crops(frames())
+        if runs_overlapped(components):
+            faces = prefetch(faces, components.preset.runtime.queue_depth, "study")
+        with closing(faces):  # the decoder (and its thread) stop now, also when a student fails
+            for face in faces:
+                bar.update(1)
+                if face is None:
+                    continue
+                crops.append(face[0]), lms.append(face[1]), indices.append(face[2])
+                if len(crops) >= STUDY_BATCH:
+                    flush()
         flush()
+
+
+def _face_crops(frames: Iterator[tuple[np.ndarray, TrackedFace]]) -> Iterator[Optional[tuple[np.ndarray, np.ndarray, int]]]:
+    """(aligned crop uint8 ``[S, S, 3]``, its landmarks ``[P, 2]`` crop px, frame index) of each frame's tracked face; None where there is none."""
+    from ..faces.align import warp_to_crop
+
+    for image, tracked in frames:
+        if tracked.face is None:
+            yield None
+        else:
+            yield warp_to_crop(image, tracked.alignment), tracked.alignment.apply(_landmarks(tracked.face)), tracked.frame_index
 
 
 def _frame_and_face(source: FrameSource, track, index: int) -> tuple[np.ndarray, Optional[TrackedFace]]:

@@ -184,7 +184,7 @@ def fill_polygon(polygon: np.ndarray, shape: tuple[int, int], origin: tuple[floa
 
 
 def gaussian_blur(mask: np.ndarray, sigma: float) -> np.ndarray:
-    """float32 ``mask`` blurred with a Gaussian of ``sigma`` px truncated at 3 sigma, zero beyond the border (unchanged for ``sigma`` 0)."""
+    """float32 ``mask`` blurred with a Gaussian of ``sigma`` px truncated at 3 sigma, zero beyond the border (``mask`` itself for ``sigma`` 0)."""
     if sigma <= 0:
         return mask
     radius = int(np.ceil(3 * sigma))
@@ -192,9 +192,10 @@ def gaussian_blur(mask: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def clip_tails(mask: np.ndarray) -> np.ndarray:
-    """float32 ``mask`` with values below 1/255 set to exactly 0 and above 1 - 1/255 to exactly 1 (a hard outer limit, a solid core)."""
-    mask = np.where(mask < 1 / 255, np.float32(0), mask)
-    return np.where(mask > 1 - 1 / 255, np.float32(1), mask).astype(np.float32)
+    """float32 ``mask`` with values below 1/255 set to exactly 0 and above 1 - 1/255 to exactly 1, in place (a hard outer limit, a solid core)."""
+    mask[mask < 1 / 255] = 0
+    mask[mask > 1 - 1 / 255] = 1
+    return mask
 
 
 def feather_grid(sigma: float) -> tuple[int, float]:
