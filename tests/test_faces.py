@@ -262,6 +262,26 @@ def test_short_gaps_are_bridged_and_long_ones_are_not(clip0, dlib_detector):
     assert track[11].face is not None and track[11].alignment is not None
 
 
+@pytest.mark.parametrize("detector, config", [("dlib_detector", TrackConfig()), ("mtcnn_detector", TrackConfig(detect_every=4, smoothing=3))])
+def test_settled_frames_are_the_final_track(clip0, detector, config, request):
+    grey = np.full_like(clip0[0], 128)
+    images = list(clip0[:70])
+    images[0:2] = [grey] * 2  # no face at the start
+    images[20:23] = [grey] * 3  # a gap that is bridged
+    images[40:49] = [grey] * 9  # a gap that is not, ending one run and starting another
+    seen = []
+    track = F.analyse_video(_frames(images), request.getfixturevalue(detector), config, settled=seen.append)
+    assert [t.frame_index for t in seen] == list(range(70))
+    for tracked, final in zip(seen, track):
+        assert (tracked.face is None) == (final.face is None)
+        if final.face is not None:  # bit for bit: the study crops are the ones the synthesis pass cuts
+            np.testing.assert_array_equal(tracked.alignment.matrix, final.alignment.matrix)
+            np.testing.assert_array_equal(tracked.face.landmarks5, final.face.landmarks5)
+            np.testing.assert_array_equal(tracked.face.box, final.face.box)
+            if final.face.landmarks68 is not None:
+                np.testing.assert_array_equal(tracked.face.landmarks68, final.face.landmarks68)
+
+
 def test_detect_every_with_refit_and_with_interpolation(clip0, dlib_detector, mtcnn_detector):
     frames = _frames(clip0[:41])
     every = F.analyse_video(frames, dlib_detector, TrackConfig(smoothing=0))
