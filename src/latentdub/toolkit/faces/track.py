@@ -26,7 +26,7 @@ _SKIPPED = 4  # not detected on purpose (detect_every); resolved before the trac
 #: quadratic Savitzky-Golay over 5 frames keeps ~0.95 correlation with the raw lip gap.
 MOUTH_SMOOTHING = 2
 #: Frames settled at a time by :func:`analyse_video` (each time the last ``2 * settle_lag + SETTLE_EVERY`` frames are finished again).
-SETTLE_EVERY = 8
+SETTLE_EVERY = 4
 
 
 # --------------------------------------------------------------------------- measures
@@ -304,10 +304,10 @@ def load_reference(config: TrackConfig, detector) -> Optional[FaceReference]:
 
 
 def settle_lag(config: TrackConfig) -> int:
-    """Frames after which a frame's entry in the track is final: bridging looks ``max_gap`` frames ahead, a skipped
-    stretch lasts under ``detect_every`` frames, and the smoothing reaches ``smoothing`` frames each side (twice, for
-    the neighbours it reads); everything :func:`_finished` does beyond that span is local."""
-    return config.max_gap + max(config.detect_every, 1) + 2 * config.smoothing + 2
+    """Frames after which a frame's entry in the track is final: its smoothing reads ``smoothing`` frames each side,
+    and whether those are bridged (and where runs end) is known once the gap they are in has closed, at most
+    ``max_gap + 1`` frames on, or the next detection has come, at most ``detect_every`` frames on."""
+    return config.smoothing + max(config.max_gap + 1, config.detect_every)
 
 
 def _finished(
