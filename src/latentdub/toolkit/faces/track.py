@@ -304,10 +304,16 @@ def load_reference(config: TrackConfig, detector) -> Optional[FaceReference]:
 
 
 def settle_lag(config: TrackConfig) -> int:
-    """Frames after which a frame's entry in the track is final: its smoothing reads ``smoothing`` frames each side,
-    and whether those are bridged (and where runs end) is known once the gap they are in has closed, at most
-    ``max_gap + 1`` frames on, or the next detection has come, at most ``detect_every`` frames on."""
-    return config.smoothing + max(config.max_gap + 1, config.detect_every)
+    """Frames after which a frame's entry in the track is final.
+
+    The smoothing of a frame reads ``smoothing`` frames each side, and the
+    extent of its run when that run is shorter than the smoothing window, at
+    most ``2 * smoothing`` frames on; where a run ends is known once the gap
+    after it is too long to bridge (``max_gap + 1`` frames on) or the next
+    detection has come (``detect_every`` frames on). The same span before a
+    frame covers the gaps and runs a window of the track starts in.
+    """
+    return 2 * config.smoothing + max(config.max_gap + 1, config.detect_every)
 
 
 def _finished(
@@ -406,8 +412,9 @@ def analyse_video(
         if progress is not None:
             progress(count, n_frames_hint)
     track = _finished(status, boxes, scores, lm5, lm68, dense, config, n_faces_max, best_frame)
-    for index in range(unsettled, track.n_frames) if settled is not None else ():
-        settled(track[index])
+    if settled is not None:
+        for index in range(unsettled, track.n_frames):
+            settled(track[index])
     return track
 
 
