@@ -262,6 +262,73 @@ def test_short_gaps_are_bridged_and_long_ones_are_not(clip0, dlib_detector):
     assert track[11].face is not None and track[11].alignment is not None
 
 
+@pytest.mark.parametrize("detector, config", [("dlib_detector", TrackConfig()), ("mtcnn_detector", TrackConfig(detect_every=4, smoothing=3))])
+def test_settled_frames_are_the_final_track(clip0, detector, config, request):
+    grey = np.full_like(clip0[0], 128)
+    images = list(clip0[:70])
+    images[0:2] = [grey] * 2  # no face at the start
+    images[20:23] = [grey] * 3  # a gap that is bridged
+    images[40:49] = [grey] * 9  # a gap that is not, ending one run and starting another
+    images[49:59] = [grey] * 10  # after a gap that is not bridged, a run of 4 frames (shorter than the smoothing
+    images[63:68] = [grey] * 5  # window) that a gap of max_gap frames joins to the next run: known only when that gap closes
+    seen = []
+    track = F.analyse_video(_frames(images), request.getfixturevalue(detector), config, settled=seen.append)
+    assert [t.frame_index for t in seen] == list(range(70))
+    for tracked, final in zip(seen, track):
+        assert (tracked.face is None) == (final.face is None)
+        if final.face is not None:  # bit for bit: the study crops are the ones the synthesis pass cuts
+            np.testing.assert_array_equal(tracked.alignment.matrix, final.alignment.matrix)
+            np.testing.assert_array_equal(tracked.face.landmarks5, final.face.landmarks5)
+            np.testing.assert_array_equal(tracked.face.box, final.face.box)
+            if final.face.landmarks68 is not None:
+                np.testing.assert_array_equal(tracked.face.landmarks68, final.face.landmarks68)
+
+
+class _ScheduledDetector:
+    """A face (68 jittered points) in the frames ``present`` marks, read from the frame's first pixel; ``refit`` or not."""
+
+    dense_landmarks = True
+
+    def __init__(self, present: list[bool], rng, refit: bool) -> None:
+        self.present = present
+        self.points = [np.float32([100, 100]) + rng.normal(0, 3, (68, 2)).astype(np.float32) + i * 0.5 for i in range(len(present))]
+        if refit:
+            self.landmarks_in_box = lambda image, box, score=1.0: self._face(image) or Face(np.float32([-90, -90, -10, -10]), 0.1, np.full((5, 2), -50, np.float32))
+
+    def _face(self, image):
+        i = int(image[0, 0, 0]) + 256 * int(image[0, 0, 1])
+        if not self.present[i]:
+            return None
+        pts = self.points[i].copy()
+        pts[36:42] += [-30, -20]
+        pts[42:48] += [30, -20]
+        pts[48] += [-20, 30]
+        pts[54] += [20, 30]
+        return Face(box=np.float32([60, 60, 140, 140]), score=0.99, landmarks5=A.five_from_68(pts), landmarks68=pts)
+
+    def detect(self, image):
+        face = self._face(image)
+        return [] if face is None else [face]
+
+
+def test_settled_frames_match_the_track_for_any_gaps_and_settings():
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        present: list[bool] = []
+        while len(present) < 100:
+            present += [len(present) % 2 == 0 or rng.random() < 0.2] * int(rng.integers(1, 10))
+        config = TrackConfig(max_gap=int(rng.integers(0, 7)), detect_every=int(rng.integers(1, 6)), smoothing=int(rng.integers(0, 5)), min_size=0, min_score=0)
+        frames = [Frame(i, i / 25, np.full((200, 200, 3), [i % 256, i // 256, 0], np.uint8)) for i in range(len(present))]
+        seen = []
+        track = F.analyse_video(frames, _ScheduledDetector(present, rng, refit=rng.random() < 0.5), config, settled=seen.append)
+        assert [t.frame_index for t in seen] == list(range(len(present)))
+        for tracked, final in zip(seen, track):
+            assert (tracked.face is None) == (final.face is None), (config, tracked.frame_index)
+            if final.face is not None:
+                assert np.array_equal(tracked.alignment.matrix, final.alignment.matrix), (config, tracked.frame_index)
+                assert np.array_equal(tracked.face.landmarks68, final.face.landmarks68), (config, tracked.frame_index)
+
+
 def test_detect_every_with_refit_and_with_interpolation(clip0, dlib_detector, mtcnn_detector):
     frames = _frames(clip0[:41])
     every = F.analyse_video(frames, dlib_detector, TrackConfig(smoothing=0))

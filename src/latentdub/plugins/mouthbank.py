@@ -55,8 +55,7 @@ from latentdub.toolkit.core.errors import BadInputError
 from latentdub.toolkit.core.hookspecs import hookimpl
 from latentdub.toolkit.core.types import Motion, RenderReport
 from latentdub.toolkit.faces.masks import (
-    fill_polygon,
-    gaussian_feather,
+    feathered_polygon,
     grown_hull,
     inter_ocular,
     match_colour,
@@ -443,7 +442,7 @@ class MouthBankRenderer:
             map_x, map_y, inside = piecewise_affine_map(src[tris], tgt[tris] - origin, interior, shape, origin)
             mixed += w * cv2.remap(bank.images[index], map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
             covered &= inside
-        alpha = gaussian_feather(fill_polygon(hull, shape, origin), cfg.feather * iod) * covered
+        alpha = feathered_polygon(hull, cfg.feather * iod, shape, origin) * covered
         base = crop[y0:y1, x0:x1].astype(np.float32)
         if cfg.color_match != "none":
             mixed = match_colour(mixed, base, alpha, cfg.color_match)

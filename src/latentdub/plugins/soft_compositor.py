@@ -80,17 +80,19 @@ class SoftCompositor:
         flags = cv2.WARP_INVERSE_MAP
         # bicubic, as warp_to_crop: the round trip keeps the mouth's detail
         warped = cv2.warpAffine(rendered, to_crop, size, flags=cv2.INTER_CUBIC | flags, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        inside = cv2.warpAffine(np.ones(rendered.shape[:2], np.float32), to_crop, size, flags=cv2.INTER_LINEAR | flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        alpha = alpha * np.where(inside > 1 - 1e-3, np.float32(1), inside)
+        if not _inside_crop(to_crop, size, rendered.shape[:2]):
+            inside = cv2.warpAffine(np.ones(rendered.shape[:2], np.float32), to_crop, size, flags=cv2.INTER_LINEAR | flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            alpha = alpha * np.where(inside > 1 - 1e-3, np.float32(1), inside)
         base = frame[y0:y1, x0:x1].astype(np.float32)
         if self.config.color_match != "none":
             warped = match_colour(warped, base, alpha, self.config.color_match)
         if self.config.poisson:
             warped = _poisson(warped, base, alpha)
-        blended = base + alpha[..., None] * (warped - base)
-        out[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+        blended = np.subtract(warped, base, out=warped)  # base + alpha * (warped - base), in place
+        blended *= alpha[..., None]
+        blended += base
+        out[y0:y1, x0:x1] = np.clip(np.rint(blended, out=blended), 0, 255, out=blended).astype(np.uint8)
         return out
-
 
     def composite_torch(self, frame, rendered, alignment: Alignment, landmarks: np.ndarray):
         """:meth:`composite` on uint8 tensors (frame ``[H, W, 3]``, crop ``[S, S, 3]``) on their device.
@@ -108,6 +110,14 @@ class SoftCompositor:
             out = self.composite(frame.cpu().numpy(), rendered.cpu().numpy(), alignment, landmarks)
             return torch.from_numpy(out).to(frame.device)
         return composite_torch(frame, rendered, alignment, landmarks, c.region, c.dilate, c.feather, c.jaw_margin, c.color_match)
+
+
+def _inside_crop(to_crop: np.ndarray, size: tuple[int, int], crop_hw: tuple[int, int]) -> bool:
+    """Whether every pixel of a ``size`` (w, h) box maps, through ``to_crop`` ``[2, 3]``, at least one crop pixel
+    inside the crop's edges (its bilinear coverage is then 1 everywhere)."""
+    w, h = size
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], np.float64) @ to_crop.T
+    return bool((corners >= 1).all() and (corners[:, 0] <= crop_hw[1] - 2).all() and (corners[:, 1] <= crop_hw[0] - 2).all())
 
 
 def _poisson(warped: np.ndarray, base: np.ndarray, alpha: np.ndarray) -> np.ndarray:

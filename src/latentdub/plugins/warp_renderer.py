@@ -316,7 +316,8 @@ def piecewise_affine_map(
     drawn first so lip triangles win on shared edges.
     """
     h, w = shape
-    ids = np.full((h, w), -1, np.int32)
+    n = len(tgt)
+    ids = np.full((h, w), n, np.int32)  # n: no triangle, the identity entry appended below
     e1, e2 = tgt[:, 1] - tgt[:, 0], tgt[:, 2] - tgt[:, 0]
     area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
     keep = area > 0.25
@@ -324,18 +325,14 @@ def piecewise_affine_map(
     fixed = np.round(tgt * 16).astype(np.int32)
     for i in order:
         cv2.fillConvexPoly(ids, fixed[i], int(i), lineType=cv2.LINE_8, shift=4)
-    # affine tgt -> src per triangle: [x, y, 1] @ A = src, A [T, 3, 2]
+    # affine tgt -> src per triangle: [x, y, 1] @ A = src, A [T, 3, 2]; entry n maps ROI px to themselves
     lhs = np.concatenate([tgt, np.ones(tgt.shape[:2] + (1,))], axis=2)
     lhs[~keep] = np.eye(3)
-    affine = np.linalg.solve(lhs, src)
+    affine = np.concatenate([np.linalg.solve(lhs, src), [[[1, 0], [0, 1], origin]]]).astype(np.float32)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    map_x, map_y = xs + np.float32(origin[0]), ys + np.float32(origin[1])
-    sel = ids >= 0
-    a = affine[ids[sel]].astype(np.float32)
-    px, py = xs[sel], ys[sel]
-    map_x[sel] = px * a[:, 0, 0] + py * a[:, 1, 0] + a[:, 2, 0]
-    map_y[sel] = px * a[:, 0, 1] + py * a[:, 1, 1] + a[:, 2, 1]
-    return map_x, map_y, sel
+    map_x = xs * affine[:, 0, 0].take(ids) + ys * affine[:, 1, 0].take(ids) + affine[:, 2, 0].take(ids)
+    map_y = xs * affine[:, 0, 1].take(ids) + ys * affine[:, 1, 1].take(ids) + affine[:, 2, 1].take(ids)
+    return map_x, map_y, ids < n
 
 
 def build_warp(config: WarpRendererConfig, context) -> WarpRenderer:

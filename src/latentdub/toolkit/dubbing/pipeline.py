@@ -1,15 +1,16 @@
 """The dubbing pipeline: ``dub`` (footage + speech) and ``animate`` (portrait + speech).
 
-Two streaming passes over the footage keep memory flat in clip length:
+Streaming passes over the footage keep memory flat in clip length:
 
 1. analysis: decode, detect, select and track the target face, smooth its
-   landmarks, align (only landmarks are kept, ``O(frames x points)``);
-2. study (only when the renderer or motion model has ``study``, see
-   :class:`~latentdub.toolkit.core.protocols.SourceStudent`): decode again and show
-   it every aligned face crop;
-3. synthesis: decode again, crop each tracked face, render the new mouth in
+   landmarks, align (only landmarks are kept, ``O(frames x points)``). When
+   the renderer or motion model has ``study`` (see
+   :class:`~latentdub.toolkit.core.protocols.SourceStudent`) it is shown every
+   aligned face crop in this pass, as each frame's track settles (a few frames
+   after the frame is read, so only those frames' images are held);
+2. synthesis: decode again, crop each tracked face, render the new mouth in
    batches, composite it back, encode; frames without a face pass through.
-4. review (only with ``output.review``, see :mod:`.review`): decode the
+3. review (only with ``output.review``, see :mod:`.review`): decode the
    written output once more and measure its mouth for the review page.
 
 Speech goes through the motion model once for the whole output timeline
@@ -444,8 +445,9 @@ def _dub(video: Path, audio: Path, output: str | Path, preset: Preset, profile: 
     frame_timing = measure_frame_timing(video)
     info = dataclasses.replace(info, variable_frame_rate=bool(frame_timing and frame_timing.variable))
     detector = components["detector"]
+    study = _Study(components)
     with _timed(summary, "analyse"), _progress(info.n_frames, "analyse", progress) as bar:
-        kept = _FrameKeeper(info.n_frames)
+        kept = _FrameKeeper(info.n_frames, hold_unsettled=study.active)
         decoded = read_frames(video, fps=fps, info=info)
         if runs_overlapped(components):  # decode on a thread while the detector works
             decoded = prefetch(decoded, preset.runtime.queue_depth, "decode")
@@ -453,7 +455,9 @@ def _dub(video: Path, audio: Path, output: str | Path, preset: Preset, profile: 
             track = analyse_video(
                 kept.tee(decoded), detector, preset.track, n_frames_hint=info.n_frames,
                 progress=lambda done, total: bar.update(done - bar.n),
+                settled=(lambda tracked: study.add(kept.release(tracked.frame_index), tracked)) if study.active else None,
             )
+            study.flush()
         finally:
             decoded.close()  # the decoder (and its thread) stop now, also when the analysis fails
     track.require_face(video)
@@ -465,10 +469,6 @@ def _dub(video: Path, audio: Path, output: str | Path, preset: Preset, profile: 
     timeline = plan_timeline(track.n_frames, fps, speech.duration, preset.timing.length_policy, audio_offset=preset.timing.audio_offset)
     speech = _fit_speech(speech, timeline, sound, preset, summary)
     summary.faces_max = track.n_faces_max
-    _study_source(
-        components, lambda: ((f.image, track[f.index]) for f in read_frames(video, fps=fps, info=info) if f.index < track.n_frames),
-        summary, progress, track.n_frames,
-    )
     review = Review.for_dub(output, video, info, track, timeline, components) if preset.output.review else None
     with tempfile.TemporaryDirectory(prefix="latentdub-") as tmp:
         workdir = Path(tmp)
@@ -493,41 +493,40 @@ def _dub(video: Path, audio: Path, output: str | Path, preset: Preset, profile: 
     return summary
 
 
-def _study_source(
-    components: Components, frames: Callable[[], Iterator[tuple[np.ndarray, TrackedFace]]], summary: RunSummary, progress: bool, total: int
-) -> None:
-    """The study pass: show each ``SourceStudent`` among the renderer and motion model every aligned face crop.
+class _Study:
+    """Shows each ``SourceStudent`` among the renderer and motion model the aligned face crops of the source, in
+    source order, in batches of :data:`STUDY_BATCH` (the dub's analysis pass hands it each frame as its track settles)."""
 
-    ``frames()`` yields (frame uint8 ``[H, W, 3]``, its tracked face) in
-    source order; it is not called when no component studies.
-    """
-    from ..faces.align import warp_to_crop
+    def __init__(self, components: Components) -> None:
+        self.students = [components[s] for s in ("renderer", "motion") if isinstance(components[s], protocols.SourceStudent)]
+        self.crops: list[np.ndarray] = []
+        self.landmarks: list[np.ndarray] = []
+        self.frames: list[int] = []
 
-    students = [components[s] for s in ("renderer", "motion") if isinstance(components[s], protocols.SourceStudent)]
-    if not students:
-        return
-    crops: list[np.ndarray] = []
-    lms: list[np.ndarray] = []
-    indices: list[int] = []
+    @property
+    def active(self) -> bool:
+        """Whether any component studies."""
+        return bool(self.students)
 
-    def flush() -> None:
-        if crops:
-            batch = (np.stack(crops), np.stack(lms), np.array(indices, np.int64))
-            for student in students:
+    def add(self, image: np.ndarray, tracked: TrackedFace) -> None:
+        """Cut the crop of ``tracked``'s face (if any) from its frame uint8 ``[H, W, 3]``; study a full batch."""
+        from ..faces.align import warp_to_crop
+
+        if tracked.face is None:
+            return
+        self.crops.append(warp_to_crop(image, tracked.alignment))
+        self.landmarks.append(tracked.alignment.apply(_landmarks(tracked.face)))
+        self.frames.append(tracked.frame_index)
+        if len(self.crops) >= STUDY_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Study the crops held (crops ``[B, S, S, 3]``, crop landmarks ``[B, P, 2]``, frames ``[B]``)."""
+        if self.crops:
+            batch = (np.stack(self.crops), np.stack(self.landmarks), np.array(self.frames, np.int64))
+            for student in self.students:
                 student.study(*batch)
-            crops.clear(), lms.clear(), indices.clear()
-
-    with _timed(summary, "study"), _progress(total, "study", progress) as bar:
-        for image, tracked in frames():
-            bar.update(1)
-            if tracked.face is None:
-                continue
-            crops.append(warp_to_crop(image, tracked.alignment))
-            lms.append(tracked.alignment.apply(_landmarks(tracked.face)))
-            indices.append(tracked.frame_index)
-            if len(crops) >= STUDY_BATCH:
-                flush()
-        flush()
+            self.crops, self.landmarks, self.frames = [], [], []
 
 
 def _frame_and_face(source: FrameSource, track, index: int) -> tuple[np.ndarray, Optional[TrackedFace]]:
@@ -542,18 +541,27 @@ def _spread(indices: list[int], n: int = N_REFERENCES) -> list[int]:
 
 
 class _FrameKeeper:
-    """Keeps the images of ``2 * N_REFERENCES`` evenly spaced frames while pass 1 streams (memory stays flat)."""
+    """Keeps the images of ``2 * N_REFERENCES`` evenly spaced frames while pass 1 streams and, with ``hold_unsettled``,
+    those of the frames whose track is not final yet (at most ``settle_lag + SETTLE_EVERY``, :mod:`..faces.track`): memory stays flat."""
 
-    def __init__(self, n_frames_hint: int) -> None:
+    def __init__(self, n_frames_hint: int, hold_unsettled: bool = False) -> None:
         self.wanted = set(np.linspace(0, max(n_frames_hint - 1, 0), num=2 * N_REFERENCES).round().astype(int).tolist())
         self.images: dict[int, np.ndarray] = {}
+        self.hold_unsettled = hold_unsettled
+        self.unsettled: dict[int, np.ndarray] = {}
 
     def tee(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         """Pass ``frames`` through, keeping the wanted ones."""
         for frame in frames:
             if frame.index in self.wanted:
                 self.images[frame.index] = frame.image
+            if self.hold_unsettled:
+                self.unsettled[frame.index] = frame.image
             yield frame
+
+    def release(self, index: int) -> np.ndarray:
+        """The image of frame ``index``, whose track has settled (no longer held)."""
+        return self.unsettled.pop(index)
 
 
 def _video_references(video: Path, info, track, kept: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -621,7 +629,10 @@ def _animate(image: Path, audio: Path, output: str | Path, preset: Preset, profi
 
     crop = warp_to_crop(picture, tracked.alignment)
     references = (crop[None], tracked.alignment.apply(_landmarks(tracked.face))[None])
-    _study_source(components, lambda: iter([(picture, tracked)]), summary, progress, 1)
+    with _timed(summary, "study"):
+        study = _Study(components)
+        study.add(picture, tracked)
+        study.flush()
     review = Review.for_still(output, image, picture, tracked, n_out, components) if preset.output.review else None
     with tempfile.TemporaryDirectory(prefix="latentdub-") as tmp:
         _synthesise(

@@ -11,9 +11,9 @@ is 0 is returned bit-identical to the input frame.
 
 What stays on the CPU is what is cheap there and shared with the numpy path:
 the alignment matrices, the region's polygon and its rasterised coverage
-(:func:`.masks.fill_polygon`, a few hundred thousand bytes). The Gaussian
-feather (a long separable filter), the warps (``grid_sample``) and the blend
-run on the device.
+(:func:`.masks.fill_polygon` on the feather's reduced grid, :func:`.masks.feather_grid`).
+The Gaussian feather (a separable filter) and its interpolation back to
+pixels, the warps (``grid_sample``) and the blend run on the device.
 
 Layouts: frames uint8 ``[H, W, 3]`` RGB tensors; crops uint8 ``[S, S, 3]``;
 internally float32 ``[1, C, H, W]``.
@@ -27,7 +27,7 @@ import numpy as np
 
 from ..core.types import Alignment
 from .align import crop_source_region
-from .masks import MIN_RING_PIXELS, Region, fill_polygon, region_outline
+from .masks import MIN_RING_PIXELS, Region, feather_grid, fill_polygon, region_outline
 
 #: OpenCV's warps place sampling positions on a 1/32 px grid (``INTER_BITS = 5``), summing the
 #: shares of a row and a column each rounded to 1/1024 px (``AB_BITS = 10``).
@@ -135,17 +135,23 @@ def gaussian_taps(sigma: float) -> np.ndarray:
     return cv2.getGaussianKernel(2 * radius + 1, sigma, cv2.CV_32F).reshape(-1)
 
 
-def gaussian_feather_torch(mask: Any, sigma: float) -> Any:
-    """:func:`.masks.gaussian_feather` of float32 ``[h, w]`` tensor: separable Gaussian, zero border, tails clipped."""
+def feathered_polygon_torch(polygon: np.ndarray, sigma: float, shape: tuple[int, int], origin: tuple[float, float], device: Any) -> Any:
+    """:func:`.masks.feathered_polygon` as a float32 ``[h, w]`` tensor on ``device``: separable Gaussian on the reduced grid, bilinear back, tails clipped."""
     import torch
     import torch.nn.functional as F
 
-    x = mask[None, None]
-    if sigma > 0:
-        taps = torch.as_tensor(gaussian_taps(sigma), device=mask.device)
+    step, cell_sigma = feather_grid(sigma)
+    x = torch.from_numpy(fill_polygon(polygon, shape, origin, step)).to(device)[None, None]
+    if step > 1:
+        x = F.pad(x, (1, 1, 1, 1))  # the empty cell each side of the numpy version
+    if cell_sigma > 0:
+        taps = torch.as_tensor(gaussian_taps(cell_sigma), device=device)
         r = (len(taps) - 1) // 2
         x = F.conv2d(F.pad(x, (r, r, 0, 0)), taps.view(1, 1, 1, -1))
         x = F.conv2d(F.pad(x, (0, 0, r, r)), taps.view(1, 1, -1, 1))
+    if step > 1:
+        h, w = shape
+        x = F.interpolate(x, scale_factor=step, mode="bilinear", align_corners=False)[..., step : step + h, step : step + w]
     x = x[0, 0]
     x = torch.where(x < 1 / 255, torch.zeros_like(x), x)
     return torch.where(x > 1 - 1 / 255, torch.ones_like(x), x)
@@ -161,8 +167,7 @@ def region_mask_torch(
     hull, sigma, (x0, y0, x1, y1) = region_outline(landmarks, image_shape, region, dilate, feather, jaw_margin)
     if x1 <= x0 or y1 <= y0:
         return torch.zeros((0, 0), dtype=torch.float32, device=device), (0, 0, 0, 0)
-    coverage = torch.from_numpy(fill_polygon(hull, (y1 - y0, x1 - x0), (x0, y0))).to(device)
-    return gaussian_feather_torch(coverage, sigma), (x0, y0, x1, y1)
+    return feathered_polygon_torch(hull, sigma, (y1 - y0, x1 - x0), (x0, y0), device), (x0, y0, x1, y1)
 
 
 def match_colour_torch(warped: Any, base: Any, alpha: Any) -> Any:

@@ -25,6 +25,8 @@ _SKIPPED = 4  # not detected on purpose (detect_every); resolved before the trac
 #: Most frames each side the mouth points (48-67) are smoothed over: at 25 fps a
 #: quadratic Savitzky-Golay over 5 frames keeps ~0.95 correlation with the raw lip gap.
 MOUTH_SMOOTHING = 2
+#: Frames settled at a time by :func:`analyse_video` (each time the last ``2 * settle_lag + SETTLE_EVERY`` frames are finished again).
+SETTLE_EVERY = 4
 
 
 # --------------------------------------------------------------------------- measures
@@ -301,52 +303,25 @@ def load_reference(config: TrackConfig, detector) -> Optional[FaceReference]:
     return EmbeddingReference.from_image(read_image(path), detector, component.factory(component.config(), None), source=str(path))
 
 
-def analyse_video(
-    frames: Iterable[Frame],
-    detector,
-    config: TrackConfig,
-    n_frames_hint: Optional[int] = None,
-    progress: Optional[Callable[[int, Optional[int]], None]] = None,
-    reference: Optional[FaceReference] = None,
-) -> FaceTrack:
-    """Pass 1: detect, select, track, bridge, smooth and align the target face.
+def settle_lag(config: TrackConfig) -> int:
+    """Frames after which a frame's entry in the track is final.
 
-    Streams ``frames`` once and keeps no images: memory is
-    O(frames x landmarks). Detection runs every ``config.detect_every``
-    frames (and on every frame while the target is lost); in between,
-    detectors with ``landmarks_in_box(image, box, score)`` refit landmarks
-    in the box predicted from the previous frame, others are interpolated.
-    Landmarks are smoothed over ``config.smoothing`` frames each side (mouth
-    points 48-67 over at most :data:`MOUTH_SMOOTHING`, to keep speech motion). ``progress(done,
-    total)`` is called per frame with ``total = n_frames_hint``. Frames are
-    numbered from 0 in the order given.
-    ``reference`` overrides the one loaded from ``config.reference_image``.
+    The smoothing of a frame reads ``smoothing`` frames each side, and the
+    extent of its run when that run is shorter than the smoothing window, at
+    most ``2 * smoothing`` frames on; where a run ends is known once the gap
+    after it is too long to bridge (``max_gap + 1`` frames on) or the next
+    detection has come (``detect_every`` frames on). The same span before a
+    frame covers the gaps and runs a window of the track starts in.
     """
-    if reference is None:
-        reference = load_reference(config, detector)
-    tracker = _Tracker(detector, config, reference)
-    dense = bool(getattr(detector, "dense_landmarks", False))
-    nan4, nan5, nan68 = (np.full(s, np.nan, np.float32) for s in ((4,), (5, 2), (68, 2)))
-    boxes, scores, lm5, lm68, status = [], [], [], [], []
-    n_faces_max, best_frame, best_key = 0, -1, -np.inf
-    count = 0
-    for count, frame in enumerate(frames, start=1):
-        index = count - 1
-        face, code, n_faces = tracker.step(index, frame.image)
-        n_faces_max = max(n_faces_max, n_faces)
-        status.append(code)
-        if face is None:
-            boxes.append(nan4), scores.append(np.nan), lm5.append(nan5), lm68.append(nan68)
-        else:
-            boxes.append(np.asarray(face.box, np.float32))
-            scores.append(float(face.score))
-            lm5.append(np.asarray(face.landmarks5, np.float32))
-            lm68.append(np.asarray(face.landmarks68, np.float32) if face.landmarks68 is not None else nan68)
-            if code == DETECTED and _frontal_score(face) > best_key:
-                best_frame, best_key = index, _frontal_score(face)
-        if progress is not None:
-            progress(count, n_frames_hint)
-    n = count
+    return 2 * config.smoothing + max(config.max_gap + 1, config.detect_every)
+
+
+def _finished(
+    status: list[int], boxes: list[np.ndarray], scores: list[float], lm5: list[np.ndarray], lm68: list[np.ndarray], dense: bool,
+    config: TrackConfig, n_faces_max: int = 0, best_frame: int = -1,
+) -> FaceTrack:
+    """The track of the per-frame detections given: gaps bridged, landmarks smoothed, alignments computed."""
+    n = len(status)
     status_arr = np.array(status, np.uint8)
     box_arr = np.array(boxes, np.float32).reshape(n, 4)
     score_arr = np.array(scores, np.float32)
@@ -376,6 +351,71 @@ def analyse_video(
         n_faces_max=n_faces_max,
         best_frame=best_frame,
     )
+
+
+def analyse_video(
+    frames: Iterable[Frame],
+    detector,
+    config: TrackConfig,
+    n_frames_hint: Optional[int] = None,
+    progress: Optional[Callable[[int, Optional[int]], None]] = None,
+    reference: Optional[FaceReference] = None,
+    settled: Optional[Callable[[TrackedFace], None]] = None,
+) -> FaceTrack:
+    """Pass 1: detect, select, track, bridge, smooth and align the target face.
+
+    Streams ``frames`` once and keeps no images: memory is
+    O(frames x landmarks). Detection runs every ``config.detect_every``
+    frames (and on every frame while the target is lost); in between,
+    detectors with ``landmarks_in_box(image, box, score)`` refit landmarks
+    in the box predicted from the previous frame, others are interpolated.
+    Landmarks are smoothed over ``config.smoothing`` frames each side (mouth
+    points 48-67 over at most :data:`MOUTH_SMOOTHING`, to keep speech motion). ``progress(done,
+    total)`` is called per frame with ``total = n_frames_hint``. Frames are
+    numbered from 0 in the order given.
+    ``reference`` overrides the one loaded from ``config.reference_image``.
+    ``settled(tracked)`` sees every frame's :class:`TrackedFace`, in order, as
+    soon as it is final (exactly the returned track's entry): at most
+    :func:`settle_lag` + :data:`SETTLE_EVERY` frames after the frame was read.
+    """
+    if reference is None:
+        reference = load_reference(config, detector)
+    tracker = _Tracker(detector, config, reference)
+    dense = bool(getattr(detector, "dense_landmarks", False))
+    nan4, nan5, nan68 = (np.full(s, np.nan, np.float32) for s in ((4,), (5, 2), (68, 2)))
+    boxes, scores, lm5, lm68, status = [], [], [], [], []
+    n_faces_max, best_frame, best_key = 0, -1, -np.inf
+    lag, unsettled = settle_lag(config), 0  # the first frame not yet given to ``settled``
+    count = 0
+    for count, frame in enumerate(frames, start=1):
+        index = count - 1
+        face, code, n_faces = tracker.step(index, frame.image)
+        n_faces_max = max(n_faces_max, n_faces)
+        status.append(code)
+        if face is None:
+            boxes.append(nan4), scores.append(np.nan), lm5.append(nan5), lm68.append(nan68)
+        else:
+            boxes.append(np.asarray(face.box, np.float32))
+            scores.append(float(face.score))
+            lm5.append(np.asarray(face.landmarks5, np.float32))
+            lm68.append(np.asarray(face.landmarks68, np.float32) if face.landmarks68 is not None else nan68)
+            if code == DETECTED and _frontal_score(face) > best_key:
+                best_frame, best_key = index, _frontal_score(face)
+        if settled is not None and index - lag - unsettled + 1 >= SETTLE_EVERY:
+            # the track of the last frames, from ``lag`` frames before the first unsettled one: final from that one
+            # to ``lag`` frames before this one
+            start = max(unsettled - lag, 0)
+            recent = _finished(status[start:], boxes[start:], scores[start:], lm5[start:], lm68[start:], dense, config)
+            for i in range(unsettled, index - lag + 1):
+                settled(dataclasses.replace(recent[i - start], frame_index=i))
+            unsettled = index - lag + 1
+        if progress is not None:
+            progress(count, n_frames_hint)
+    track = _finished(status, boxes, scores, lm5, lm68, dense, config, n_faces_max, best_frame)
+    if settled is not None:
+        for index in range(unsettled, track.n_frames):
+            settled(track[index])
+    return track
 
 
 def track_still(image: np.ndarray, detector, config: TrackConfig) -> TrackedFace:

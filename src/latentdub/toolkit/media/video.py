@@ -300,7 +300,7 @@ class VideoWriter:
             raise ValueError(f"frame must be uint8 [{self.height}, {self.width}, 3], got {image.dtype} {image.shape}")
         assert self._proc.stdin is not None
         try:
-            self._proc.stdin.write(np.ascontiguousarray(image).tobytes())
+            self._proc.stdin.write(np.ascontiguousarray(image).data)  # the pixels themselves, no bytes copy
         except BrokenPipeError:
             self._fail()
         self.frames_written += 1
