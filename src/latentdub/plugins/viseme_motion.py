@@ -123,21 +123,22 @@ class VisemeMotion:
         if method == "energy" or len(audio.samples) == 0:
             return [], "energy", None
         fallback = None
+        level = band_level(audio)
         if method == "align" or (method == "auto" and self.transcript is not None):
             where = "motion.transcript" if self.config.transcript is not None else str(self.config.transcript_file)
             try:
-                return self._breathing(self.decoder.align(audio, self.transcript or "", where=where), audio), "align", None
+                return self._breathing(self.decoder.align(audio, self.transcript or "", where=where), level), "align", None
             except BadInputError as exc:
                 if method == "align":
                     raise
                 fallback = str(exc)
-        segments = gate_silence(self.decoder.recognize(audio), audio)
+        segments = gate_silence(self.decoder.recognize(audio), level)
         if method == "recognize" or any(s.phone != "SIL" for s in segments):
-            return self._breathing(segments, audio), "recognize", fallback
+            return self._breathing(segments, level), "recognize", fallback
         return [], "energy", fallback or "phone recognition found no speech"
 
-    def _breathing(self, segments: list[Any], audio: Audio) -> list[Any]:
-        return mark_breaths(segments, audio) if self.config.breaths else segments
+    def _breathing(self, segments: list[Any], level: np.ndarray) -> list[Any]:
+        return mark_breaths(segments, level) if self.config.breaths else segments
 
     def predict(self, audio: Audio, fps: float, n_frames: int, identity: Optional[Any] = None) -> Motion:
         """Mouth codes float32 ``[n_frames, 3]`` for frames at ``t / fps`` s; ``identity`` is unused."""
@@ -209,11 +210,15 @@ def speech_levels(envelope: np.ndarray) -> np.ndarray:
     return np.clip((envelope - lo) / (hi - lo), 0.0, 1.0)
 
 
-def gate_silence(segments: list[Any], audio: Audio) -> list[Any]:
-    """Relabel as ``SIL`` recognised phones during which the speech band stays below the noise gate."""
+def band_level(audio: Audio) -> np.ndarray:
+    """Speech level 0..1 (:func:`speech_levels`) of the 300-3000 Hz band of ``audio``, float ``[n]``, one every :data:`ENVELOPE_HOP` s."""
     from latentdub.toolkit.media.audio import speech_envelope
 
-    level = speech_levels(speech_envelope(audio))
+    return speech_levels(speech_envelope(audio, hop=ENVELOPE_HOP))
+
+
+def gate_silence(segments: list[Any], level: np.ndarray) -> list[Any]:
+    """Relabel as ``SIL`` recognised phones during which the speech band (``level``, :func:`band_level`) stays below the noise gate."""
     out = []
     for seg in segments:
         a = int(seg.start / ENVELOPE_HOP)
@@ -224,20 +229,18 @@ def gate_silence(segments: list[Any], audio: Audio) -> list[Any]:
     return out
 
 
-def mark_breaths(segments: list[Any], audio: Audio) -> list[Any]:
+def mark_breaths(segments: list[Any], level: np.ndarray) -> list[Any]:
     """``segments`` with the audible stretches of each pause before speech relabelled ``BREATH``.
 
     A stretch is audible where the speech band is above the noise gate
-    (:func:`speech_levels` > 0) for at least :data:`BREATH_MIN_S`; the first
+    (``level`` > 0, :func:`band_level`) for at least :data:`BREATH_MIN_S`; the first
     :data:`SPEECH_DECAY_S` after speech and the silence after the last phone
     are never breaths (breathing in comes before speaking).
     """
-    from latentdub.toolkit.media.audio import speech_envelope
-
     spoken = [n for n, s in enumerate(segments) if s.phone != "SIL"]
     if not spoken:
         return list(segments)
-    audible = speech_levels(speech_envelope(audio, hop=ENVELOPE_HOP)) > 0
+    audible = level > 0
     out = []
     for n, seg in enumerate(segments):
         if seg.phone != "SIL" or n > spoken[-1]:
@@ -264,9 +267,6 @@ def energy_opening(audio: Audio, times: np.ndarray, smoothing_ms: float, peak_op
     """Opening float32 ``[len(times)]`` from the 300-3000 Hz level (:func:`speech_levels`) scaled to ``peak_opening``."""
     from scipy.ndimage import gaussian_filter1d
 
-    from latentdub.toolkit.media.audio import speech_envelope
-
-    level = speech_levels(speech_envelope(audio, hop=ENVELOPE_HOP))
-    level = gaussian_filter1d(level, smoothing_ms / 1000.0 / ENVELOPE_HOP / 2.0, mode="nearest")
+    level = gaussian_filter1d(band_level(audio), smoothing_ms / 1000.0 / ENVELOPE_HOP / 2.0, mode="nearest")
     env_t = np.arange(len(level)) * ENVELOPE_HOP
     return (peak_opening * np.interp(times, env_t, level, left=0.0, right=0.0)).astype(np.float32)
