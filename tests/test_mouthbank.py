@@ -168,3 +168,19 @@ def test_target_openings_come_towards_the_speakers_range_never_beyond_the_least_
     wide = renderer._fitted(codes)[:, 0] / np.maximum(codes[:, 0], 1e-9)
     assert 0.75 < near[1:].min() < 1.0 and np.ptp(near[1:]) < 1e-9  # one scale for the whole timeline
     assert np.allclose(far[1:], 0.75) and np.allclose(wide[1:], 1.0)
+
+
+def test_a_cut_goes_to_the_mouth_that_looks_like_the_one_it_replaces():
+    """Two candidates fit the target about as well; the timeline search cuts to the one that looks like what came before."""
+    looks = np.zeros((3, 32 * 24), np.float32)
+    looks[1, ::2], looks[1, 1::2] = 40, -40  # unlike entry 0
+    looks[2, ::2], looks[2, 1::2] = 2, -2  # nearly entry 0
+    cands = np.array([[0, 0], [1, 2]])
+    costs = np.array([[0.0, 0.0], [0.0, 0.5]])  # entry 1 fits the target a little better
+    runs_on = np.zeros(3, bool)  # three separate source frames: every change is a cut
+    chosen = {}
+    for look_scale in (4.0, 255.0):
+        renderer = MouthBankRenderer(MouthBankConfig(look_scale=look_scale))
+        renderer.bank.looks = looks
+        chosen[look_scale] = renderer._viterbi(cands, costs, runs_on).tolist()
+    assert chosen[4.0] == [0, 2] and chosen[255.0] == [0, 1]
