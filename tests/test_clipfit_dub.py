@@ -153,9 +153,10 @@ def test_animate_needs_shared_directions_and_uses_them(one_speaker, shared, port
     from latentdub.toolkit.media.audio import load_audio
 
     frames = [f.image.astype(float) for f in read_frames(driven)]
-    change = np.array([np.abs(f - frames[1]).mean() for f in frames[1:]])
     opening = VisemeMotion().predict(load_audio(grid_clips[3], 16000), 25.0, len(frames)).codes[1:, 0]
-    assert change.max() > 0 and np.corrcoef(change, opening)[0, 1] > 0.2
+    silent = frames[1 + int(np.argmin(opening))]  # lbbc2a breathes in with parted lips before it speaks
+    change = np.array([np.abs(f - silent).mean() for f in frames[1:]])
+    assert change.max() > 0 and np.corrcoef(change, opening)[0, 1] > 0.5  # measured 0.84
     # a directions file for another generator is refused when named explicitly
     result = invoke("animate", portrait, grid_clips[3], "-o", tmp_path / "other.mp4", "--preset", "tiny", *CLIPFIT, "--set", "seed=3",
                     "--set", f"motion.prior={shared}", "--quiet")

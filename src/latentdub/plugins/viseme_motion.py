@@ -17,7 +17,10 @@ is sampled at ``t / fps - latency_ms / 1000`` s (the timing convention of
 300-3000 Hz band stays under the noise gate become silence; silence before
 speech during which that band stays audible (above the gate) for at least
 :data:`BREATH_MIN_S` is an inhalation (phone ``BREATH``: the lips part, as a
-speaker breathing in before a sentence or after a pause does). The ``energy``
+speaker breathing in before a sentence or after a pause does), and so is a
+short, quiet island of recognised phones between two pauses (the recogniser
+hears the breath's noise as a consonant); the lips stay parted from a breath
+to the speech that follows it within :data:`BREATH_HOLD_S`. The ``energy``
 fallback maps that band's level (noise gate -> 0, loud speech -> 0.25) to the
 opening only; width and protrusion stay 0.
 """
@@ -47,6 +50,11 @@ ABSOLUTE_GATE_DB = -90.0
 BREATH_MIN_S = 0.1
 #: Sound within this long after speech ends is its decay, not a breath, seconds.
 SPEECH_DECAY_S = 0.1
+#: A silence this short between a breath and the speech (or breath) after it keeps the lips parted, seconds.
+BREATH_HOLD_S = 0.4
+#: Recognised phones between two pauses, lasting at most this long and never louder than this level (0..1,
+#: :func:`speech_levels`), are the noise of a breath, not a word (recognition only, :func:`breath_islands`).
+ISLAND_MAX_S, ISLAND_MAX_LEVEL = 0.2, 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +69,7 @@ class VisemeConfig:
     is None); ``smoothing_ms``: coarticulation reach of each target, ms;
     ``gain``: scale on the opening; ``latency_ms``: delay of the mouth
     relative to the sound, ms (negative = the mouth leads the sound);
-    ``breaths``: see :func:`mark_breaths`.
+    ``breaths``: see :func:`mark_breaths` and :func:`breath_islands`.
     """
 
     method: Literal["auto", "align", "recognize", "energy"] = "auto"
@@ -70,7 +78,7 @@ class VisemeConfig:
     smoothing_ms: Annotated[float, Range(ge=0, le=1000)] = 40.0
     gain: Annotated[float, Range(ge=0, le=10)] = 1.0
     latency_ms: Annotated[float, Range(ge=-1000, le=1000)] = 0.0
-    #: Part the lips for audible breaths in the pauses before speech (``BREATH`` phones).
+    #: Part the lips for breaths in the pauses before speech (``BREATH`` phones: :func:`mark_breaths`, :func:`breath_islands`).
     breaths: bool = True
 
 
@@ -134,6 +142,8 @@ class VisemeMotion:
                 fallback = str(exc)
         segments = gate_silence(self.decoder.recognize(audio), level)
         if method == "recognize" or any(s.phone != "SIL" for s in segments):
+            if self.config.breaths:
+                segments = breath_islands(segments, level)
             return self._breathing(segments, level), "recognize", fallback
         return [], "energy", fallback or "phone recognition found no speech"
 
@@ -235,7 +245,9 @@ def mark_breaths(segments: list[Any], level: np.ndarray) -> list[Any]:
     A stretch is audible where the speech band is above the noise gate
     (``level`` > 0, :func:`band_level`) for at least :data:`BREATH_MIN_S`; the first
     :data:`SPEECH_DECAY_S` after speech and the silence after the last phone
-    are never breaths (breathing in comes before speaking).
+    are never breaths (breathing in comes before speaking). Each breath then
+    runs on over a silence of at most :data:`BREATH_HOLD_S` up to the next
+    phone or breath.
     """
     spoken = [n for n, s in enumerate(segments) if s.phone != "SIL"]
     if not spoken:
@@ -260,6 +272,43 @@ def mark_breaths(segments: list[Any], level: np.ndarray) -> list[Any]:
             done = end
         if done < seg.end:
             out.append(dataclasses.replace(seg, start=done, end=seg.end))
+    return _held_open(out)
+
+
+def _held_open(segments: list[Any]) -> list[Any]:
+    """``segments`` with each ``BREATH`` stretched over a following silence of at most :data:`BREATH_HOLD_S` that
+    ends in a phone or breath: the lips parted to breathe in stay parted until the speech starts."""
+    out = list(segments)
+    for n in range(len(out) - 2):
+        gap = out[n + 1]
+        if out[n].phone == "BREATH" and gap.phone == "SIL" and out[n + 2].phone != "SIL" and gap.end - gap.start <= BREATH_HOLD_S:
+            out[n] = dataclasses.replace(out[n], end=gap.end)
+            out[n + 1] = dataclasses.replace(gap, start=gap.end)
+    return [s for s in out if s.end > s.start]
+
+
+def breath_islands(segments: list[Any], level: np.ndarray) -> list[Any]:
+    """Recognised ``segments`` with each island of phones between two pauses that lasts at most
+    :data:`ISLAND_MAX_S`, never rises above :data:`ISLAND_MAX_LEVEL` (``level``, :func:`band_level`) and has
+    speech after it relabelled one ``BREATH``: a word is longer or louder than that, a breath's noise is not."""
+    spoken = [n for n, s in enumerate(segments) if s.phone != "SIL"]
+    out, n = [], 0
+    while n < len(segments):
+        end = n
+        while end < len(segments) and segments[end].phone != "SIL":
+            end += 1
+        if end == n:
+            out.append(segments[n])
+            n += 1
+            continue
+        first, last = segments[n], segments[end - 1]
+        a, b = int(first.start / ENVELOPE_HOP), max(int(np.ceil(last.end / ENVELOPE_HOP)), int(first.start / ENVELOPE_HOP) + 1)
+        island = n > 0 and end < len(segments) and spoken[-1] >= end and last.end - first.start <= ISLAND_MAX_S
+        if island and float(level[a:b].max(initial=0.0)) <= ISLAND_MAX_LEVEL:
+            out.append(dataclasses.replace(first, phone="BREATH", end=last.end))
+        else:
+            out.extend(segments[n:end])
+        n = end
     return out
 
 
