@@ -184,3 +184,33 @@ def test_a_cut_goes_to_the_mouth_that_looks_like_the_one_it_replaces():
         renderer.bank.looks = looks
         chosen[look_scale] = renderer._viterbi(cands, costs, runs_on).tolist()
     assert chosen[4.0] == [0, 2] and chosen[255.0] == [0, 1]
+
+
+def test_a_real_mouth_is_pasted_inside_the_jaw_line_and_the_rest_is_the_frames_own():
+    """Beyond the jaw line (neck, collar, backdrop) the output is the warp renderer's drawing of the frame itself, bit for
+    bit, so nothing from another moment of the clip (a collar the head has moved against) shows there; around the mouth
+    it is the banked mouth."""
+    import cv2
+
+    from latentdub.plugins.mouthbank import inside_jaw
+    from latentdub.toolkit.faces.masks import TEMPLATE_68, fill_polygon, grown_hull, inter_ocular
+
+    rng = np.random.default_rng(1)
+    points = (TEMPLATE_68 * 50 + [128, 80]).astype(np.float32)  # IOD 50 px, the jaw well inside the crop
+    frame = cv2.GaussianBlur(rng.integers(60, 200, (256, 256, 3), dtype=np.uint8), (0, 0), 3)
+    banked = np.zeros((30, 256, 256, 3), np.uint8)
+    banked[..., 0] = 230  # a red moment of the clip, far from the frame's colours
+    renderer = MouthBankRenderer(MouthBankConfig(color_match="none", min_entries=1))
+    renderer.study(banked, np.repeat(points[None], 30, axis=0), np.arange(30))
+    renderer.prepare(frame[None], points[None])
+    code = np.array([0.15, 0.0, 0.0], np.float32)
+    out = renderer.render_one(frame, points.astype(np.float64), code, [(0, 1.0)]).astype(int)
+    drawn = renderer.warp.render_one(frame, points, code).astype(int)
+    target = renderer.warp.target_shape(points.astype(np.float64), code)
+    iod = inter_ocular(points)
+    cfg = renderer.config
+    beyond = fill_polygon(grown_hull(inside_jaw(target, cfg.jaw_inset * iod), 3 * cfg.feather * iod + 2), (256, 256)) == 0  # past the feather
+    mouth = fill_polygon(target[48:60], (256, 256)) > 0.99
+    assert beyond.sum() > 0.5 * beyond.size and mouth.sum() > 200
+    assert np.array_equal(out[beyond], drawn[beyond])
+    assert np.abs(out[mouth] - [230, 0, 0]).max() <= 2

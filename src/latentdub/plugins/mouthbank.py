@@ -27,8 +27,11 @@ the current face for the code (:meth:`WarpRenderer.target_shape`); the chosen
 real mouth is mapped onto them with the warp renderer's triangle mesh (a
 similarity of the whole face plus the small residual of the mouth shape in
 one piecewise-affine map), cross-faded with the neighbouring choice at each
-jump, colour-matched to the crop in the feather band and blended into the
-lower face. Frames whose target opening the bank cannot serve (the clip
+jump, colour-matched in the feather band and blended into the lower face
+inside the jaw line (``jaw_inset``); the jaw line and what lies beyond it
+(neck, collar, hair, backdrop) are the frame's own, moved to the target
+shape by the warp renderer, so nothing from another moment of the clip shows
+there. Frames whose target opening the bank cannot serve (the clip
 never opens that wide, or never closes) are drawn by the warp renderer and
 reported (:class:`~latentdub.toolkit.core.types.RenderReport`).
 """
@@ -59,7 +62,6 @@ from latentdub.toolkit.faces.masks import (
     grown_hull,
     inter_ocular,
     match_colour,
-    region_points,
 )
 from latentdub.toolkit.faces.measures import head_pose, mouth_shapes, neutral_mouth
 
@@ -106,8 +108,9 @@ class MouthBankConfig:
     look_scale: Annotated[float, Range(gt=0, le=255)] = 4.0
     #: Weight of the neighbouring choice cross-faded in on both sides of a jump, and of the warp drawing next to a fallback frame.
     crossfade: Annotated[float, Range(ge=0, le=0.5)] = 0.33
-    #: Blend region in the crop: lower face grown this far below the jaw, feathered with this sigma (IOD).
-    jaw_margin: Annotated[float, Range(ge=0, le=1)] = 0.15
+    #: Real mouths are pasted inside the jaw line, this far in, feathered with this sigma (IOD); the jaw line and what lies
+    #: beyond it (neck, collar, backdrop) are the frame's own, moved to the target by the warp renderer (:func:`inside_jaw`).
+    jaw_inset: Annotated[float, Range(ge=0, le=0.5)] = 0.12
     feather: Annotated[float, Range(ge=0, le=0.5)] = 0.05
     #: Colour transfer of the chosen mouth to the crop, measured in the feather band.
     color_match: Literal["none", "mean_std", "lab"] = "mean_std"
@@ -217,6 +220,16 @@ def mouth_look(crop: np.ndarray, points68: np.ndarray) -> np.ndarray:
     grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     patch = cv2.warpAffine(grey, matrix, (w, h), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE).astype(np.float32).ravel()
     return patch - patch.mean()
+
+
+def inside_jaw(points68: np.ndarray, inset: float) -> np.ndarray:
+    """Convex polygon float64 ``[K, 2]`` of the lower face (jaw points 2-14 and the nostrils, landmarks ``[68, 2]`` px)
+    with the jaw points pulled ``inset`` px towards the nose base (landmark 33)."""
+    points = np.asarray(points68, np.float64)
+    jaw = points[2:15]
+    inward = points[33] - jaw
+    jaw = jaw + inward / np.maximum(np.linalg.norm(inward, axis=1, keepdims=True), 1e-6) * inset
+    return grown_hull(np.concatenate([jaw, points[31:36]]), 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -422,12 +435,12 @@ class MouthBankRenderer:
         cfg, bank = self.config, self.bank
         size_y, size_x = crop.shape[:2]
         target = self.warp.target_shape(points68, code)
+        out = self.warp.moved(crop, points68, target, paint=False)  # the frame's own lower face moved to the target (its mouth is covered)
         iod = inter_ocular(points68)
-        hull = grown_hull(np.concatenate([region_points(p, "lower_face", cfg.jaw_margin) for p in (target, points68)]), 0.0)
+        hull = inside_jaw(target, cfg.jaw_inset * iod)
         pad = int(np.ceil(3 * cfg.feather * iod)) + 2
         x0, y0 = np.maximum(np.floor(hull.min(0)).astype(int) - pad, 0)
         x1, y1 = np.minimum(np.ceil(hull.max(0)).astype(int) + pad + 1, (size_x, size_y))
-        out = crop.copy()
         if x1 <= x0 or y1 <= y0:
             return out
         origin = np.array([x0, y0], np.float64)
@@ -443,7 +456,7 @@ class MouthBankRenderer:
             mixed += w * cv2.remap(bank.images[index], map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
             covered &= inside
         alpha = feathered_polygon(hull, cfg.feather * iod, shape, origin) * covered
-        base = crop[y0:y1, x0:x1].astype(np.float32)
+        base = out[y0:y1, x0:x1].astype(np.float32)
         if cfg.color_match != "none":
             mixed = match_colour(mixed, base, alpha, cfg.color_match)
         out[y0:y1, x0:x1] = np.clip(np.rint(base + alpha[..., None] * (mixed - base)), 0, 255).astype(np.uint8)

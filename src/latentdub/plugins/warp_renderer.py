@@ -214,14 +214,18 @@ class WarpRenderer:
 
     def render_one(self, crop: np.ndarray, landmarks: np.ndarray, code: np.ndarray) -> np.ndarray:
         """One crop uint8 ``[S, S, 3]`` and its landmarks ``[5|68, 2]`` crop px, code float ``[3]`` -> uint8 ``[S, S, 3]``."""
-        size_y, size_x = crop.shape[:2]
         src68 = dense_landmarks(landmarks)
-        tgt68 = self.target_shape(src68, code)
+        return self.moved(crop, src68, self.target_shape(src68, code))
+
+    def moved(self, crop: np.ndarray, src68: np.ndarray, tgt68: np.ndarray, paint: bool = True) -> np.ndarray:
+        """Crop uint8 ``[S, S, 3]`` with its lower face moved from landmarks ``src68`` to ``tgt68`` (``[68, 2]`` crop px),
+        and, with ``paint``, cavity and teeth painted where the mouth opens wider than the crop shows."""
+        size_y, size_x = crop.shape[:2]
         src = np.concatenate([src68, anchors(src68)])
         tgt = np.concatenate([tgt68, src[68:]])
         tris, interior = mesh()
-        moved = np.abs(tgt - src).max(axis=1) > 1e-3
-        active = moved[tris].any(axis=1)
+        shifted = np.abs(tgt - src).max(axis=1) > 1e-3
+        active = shifted[tris].any(axis=1)
         out = crop.copy()
         if not active.any():
             return out
@@ -234,7 +238,8 @@ class WarpRenderer:
         origin = np.array([x0, y0], np.float64)
         map_x, map_y, _ = piecewise_affine_map(src[tris], tgt[tris] - origin, interior, (y1 - y0, x1 - x0), origin)
         warped = cv2.remap(crop, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        warped = self._paint_interior(warped, src68, tgt68, origin, crop)
+        if paint:
+            warped = self._paint_interior(warped, src68, tgt68, origin, crop)
         out[y0:y1, x0:x1] = warped
         return out
 
