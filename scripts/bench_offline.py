@@ -11,7 +11,9 @@ dubbed with the speech of clip i + 1 (as ``tests/test_preview_sync.py``):
   source's mouth mask of the aligned crop.
 
 Speed: a GRID clip scaled to 1280x720 and looped to ``--seconds``, dubbed in
-this process (frames/s from the run's stage times and from wall time).
+this process (frames/s from the run's stage times and from wall time; the
+first run loads the models for both), then by a fresh ``latentdub dub``
+process each (wall time, imports and model loading included).
 Memory: peak RSS of a fresh ``latentdub dub -p offline`` process for the
 short clip and for it looped 10x (``scripts/measure_peak_memory.py``).
 
@@ -125,7 +127,7 @@ def _row(label: str, v: dict[str, float]) -> str:
 
 def speed(folder: Path, seconds: float, settings: list[str]) -> list[str]:
     from latentdub.toolkit.dubbing.pipeline import dub
-    from measure_peak_memory import _ffmpeg
+    from measure_peak_memory import _ffmpeg, _peak_of_child
 
     clip = folder / "720p.mp4"
     _ffmpeg("-stream_loop", "-1", "-i", str(GRID / "bbaf2n.mpg"), "-t", str(seconds), "-vf", "scale=1280:720,setsar=1", "-r", "25",
@@ -138,6 +140,10 @@ def speed(folder: Path, seconds: float, settings: list[str]) -> list[str]:
         total = sum(summary.stage_seconds.values())
         stages = ", ".join(f"{k} {v:.1f}" for k, v in summary.stage_seconds.items())
         rows.append(f"| {preset} ({name}) | {summary.frames} | {stages} | {summary.frames / total:.1f} | {wall:.1f} | {summary.frames / wall:.1f} |")
+    for name, preset in RENDERERS.items():  # what a user waits for: a fresh `latentdub dub` process, imports and model loading included
+        _, wall = _peak_of_child([sys.executable, "-m", "latentdub.cli", "dub", str(clip), str(GRID / "lbbc2a.mpg"), "-o", str(folder / f"cli-{name}.mp4"),
+                                  "-p", preset, "-q", "--set", "timing.length_policy=pad", *(f"--set={s}" for s in settings)])
+        rows.append(f"| {preset} ({name}), fresh CLI process | {summary.frames} | - | - | {wall:.1f} | {summary.frames / wall:.1f} |")
     return rows
 
 

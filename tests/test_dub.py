@@ -117,6 +117,28 @@ def test_readme_main_command_offline(pair, tmp_path):
     assert info.has_audio and info.fps == 25 and sum(1 for _ in read_frames(out)) >= 74
 
 
+def test_an_offline_dub_never_imports_torch(pair, tmp_path):
+    """Presets on the CPU name the device without torch (importing it takes about 1.6 s of a dub's start);
+    torch takes that name wherever a device goes."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from latentdub.toolkit.core.devices import CpuDevice, resolve_device
+
+    video, speech = pair
+    script = ("import sys; from latentdub.toolkit.dubbing.pipeline import dub; "
+              f"dub({str(video)!r}, {str(speech)!r}, {str(tmp_path / 'o.mp4')!r}, preset='offline', log=lambda m: None); "
+              "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+    cpu = resolve_device("cpu")
+    assert isinstance(cpu, CpuDevice) and cpu.type == "cpu" and cpu.index is None
+    assert torch.zeros(2, device=cpu).device == torch.device(cpu) == torch.device("cpu")
+
+
 def test_speech_edits_from_the_preset(pair, tmp_path):
     video, speech = pair
     out = tmp_path / "edited.mp4"
