@@ -30,7 +30,8 @@ PROTOCOLS = {
 class BuildContext:
     """Passed to every ``factory(config, context)``.
 
-    ``device``: the ``torch.device`` to run on; ``weights(name_or_path)``
+    ``device``: the ``torch.device`` to run on (on the CPU a :class:`~latentdub.toolkit.core.devices.CpuDevice`, which torch
+    takes as a device and which has its ``type``); ``weights(name_or_path)``
     returns a local path for a registered weight name or a user path (raising
     :class:`~latentdub.toolkit.core.errors.MissingWeightsError`); ``build(stage)``
     builds the component configured for another stage of the same preset
