@@ -227,13 +227,17 @@ def band_level(audio: Audio) -> np.ndarray:
     return speech_levels(speech_envelope(audio, hop=ENVELOPE_HOP))
 
 
+def _hops(start: float, end: float) -> slice:
+    """The envelope values (one every :data:`ENVELOPE_HOP` s) from ``start`` to ``end`` seconds, at least one."""
+    a = int(start / ENVELOPE_HOP)
+    return slice(a, max(int(np.ceil(end / ENVELOPE_HOP)), a + 1))
+
+
 def gate_silence(segments: list[Any], level: np.ndarray) -> list[Any]:
     """Relabel as ``SIL`` recognised phones during which the speech band (``level``, :func:`band_level`) stays below the noise gate."""
     out = []
     for seg in segments:
-        a = int(seg.start / ENVELOPE_HOP)
-        b = max(int(np.ceil(seg.end / ENVELOPE_HOP)), a + 1)
-        if seg.phone != "SIL" and not level[a:b].any():
+        if seg.phone != "SIL" and not level[_hops(seg.start, seg.end)].any():
             seg = dataclasses.replace(seg, phone="SIL")
         out.append(seg)
     return out
@@ -302,9 +306,8 @@ def breath_islands(segments: list[Any], level: np.ndarray) -> list[Any]:
             n += 1
             continue
         first, last = segments[n], segments[end - 1]
-        a, b = int(first.start / ENVELOPE_HOP), max(int(np.ceil(last.end / ENVELOPE_HOP)), int(first.start / ENVELOPE_HOP) + 1)
         island = n > 0 and end < len(segments) and spoken[-1] >= end and last.end - first.start <= ISLAND_MAX_S
-        if island and float(level[a:b].max(initial=0.0)) <= ISLAND_MAX_LEVEL:
+        if island and float(level[_hops(first.start, last.end)].max(initial=0.0)) <= ISLAND_MAX_LEVEL:
             out.append(dataclasses.replace(first, phone="BREATH", end=last.end))
         else:
             out.extend(segments[n:end])
