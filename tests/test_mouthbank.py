@@ -214,3 +214,37 @@ def test_a_real_mouth_is_pasted_inside_the_jaw_line_and_the_rest_is_the_frames_o
     assert beyond.sum() > 0.5 * beyond.size and mouth.sum() > 200
     assert np.array_equal(out[beyond], drawn[beyond])
     assert np.abs(out[mouth] - [230, 0, 0]).max() <= 2
+
+
+def test_the_colour_transfer_is_steadied_over_consecutive_frames():
+    """The light on a face changes slowly: a frame's colour transfer leans on the frame before's (color_steadiness),
+    so a jump in the band's statistics moves the mouth's colour a fifth of the way; a frame that does not follow the
+    last one drawn starts afresh."""
+    import cv2
+
+    from latentdub.toolkit.faces.masks import TEMPLATE_68, fill_polygon
+
+    rng = np.random.default_rng(2)
+    points = (TEMPLATE_68 * 50 + [128, 80]).astype(np.float32)
+    texture = cv2.GaussianBlur(rng.integers(0, 60, (256, 256, 3), dtype=np.uint8), (0, 0), 2)
+    dark, light = texture + 60, texture + 150
+    banked = np.repeat(texture[None] + 100, 30, axis=0)
+    code = np.array([0.1, 0.0, 0.0], np.float32)
+    target = None
+
+    def drawn(steadiness, *frames):
+        nonlocal target
+        renderer = MouthBankRenderer(MouthBankConfig(color_steadiness=steadiness, min_entries=1))
+        renderer.study(banked, np.repeat(points[None], 30, axis=0), np.arange(30))
+        renderer.prepare(dark[None], points[None])
+        target = renderer.warp.target_shape(points.astype(np.float64), code)
+        return [renderer.render_one(crop, points.astype(np.float64), code, [(0, 1.0)], frame=t).astype(float) for crop, t in frames]
+
+    after_dark, light_next, light_later = drawn(0.8, (dark, 0), (light, 1), (light, 5))
+    (light_alone,) = drawn(0.0, (light, 1))
+    mouth = fill_polygon(target[48:60], (256, 256)) > 0.99
+    level = {name: image[mouth].mean() for name, image in
+             {"dark": after_dark, "next": light_next, "later": light_later, "alone": light_alone}.items()}
+    assert level["alone"] - level["dark"] > 50  # the band's statistics jumped
+    assert (level["next"] - level["dark"]) == pytest.approx(0.2 * (level["alone"] - level["dark"]), rel=0.1)
+    assert np.array_equal(light_later, light_alone)  # frame 5 does not follow frame 1: its own transfer

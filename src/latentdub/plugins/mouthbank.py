@@ -58,10 +58,11 @@ from latentdub.toolkit.core.errors import BadInputError
 from latentdub.toolkit.core.hookspecs import hookimpl
 from latentdub.toolkit.core.types import Motion, RenderReport
 from latentdub.toolkit.faces.masks import (
+    apply_colour_transfer,
+    colour_transfer,
     feathered_polygon,
     grown_hull,
     inter_ocular,
-    match_colour,
 )
 from latentdub.toolkit.faces.measures import head_pose, mouth_shapes, neutral_mouth
 
@@ -114,6 +115,9 @@ class MouthBankConfig:
     feather: Annotated[float, Range(ge=0, le=0.5)] = 0.05
     #: Colour transfer of the chosen mouth to the crop, measured in the feather band.
     color_match: Literal["none", "mean_std", "lab"] = "mean_std"
+    #: Weight of the frame before's colour transfer (per-channel gain and offset) in each frame's: the light on a face
+    #: changes slowly, the statistics of a thin band do not (0.8: a time constant of about 5 frames; 0: every frame alone).
+    color_steadiness: Annotated[float, Range(ge=0, lt=1)] = 0.8
     #: The warp renderer that draws frames the bank cannot serve (it paints their whole interior rather than stretch a real one).
     warp: WarpRendererConfig = dataclasses.field(default_factory=lambda: WarpRendererConfig(paint_floor=1.0))
 
@@ -262,6 +266,7 @@ class MouthBankRenderer:
         self.shapes = np.zeros((0, 3))
         self._plan: tuple[int, Plan] | None = None
         self._drawn: dict[int, str] = {}  # output frame -> fallback reason, for frames rendered so far
+        self._transfer: tuple[int, np.ndarray] | None = None  # (output frame, its colour transfer [3, 4])
         self._banked = 0
 
     def study(self, crops: np.ndarray, landmarks: np.ndarray, frames: np.ndarray) -> None:
@@ -409,7 +414,7 @@ class MouthBankRenderer:
             entries = [(int(plan.primary[t]), 1.0 - float(plan.weight[t]))]
             if plan.secondary[t] >= 0:
                 entries.append((int(plan.secondary[t]), float(plan.weight[t])))
-            drawn = self.render_one(crop, np.asarray(points, np.float64), codes[t], entries)
+            drawn = self.render_one(crop, np.asarray(points, np.float64), codes[t], entries, frame=t)
             if self.config.crossfade and (t - 1 in plan.fallback or t + 1 in plan.fallback):
                 # next to a frame the warp renderer draws: fade towards its drawing of this frame (same target shape)
                 painted = self._warp_from_bank(crop, points, codes[t], int(plan.primary[t])).astype(np.float32)
@@ -430,8 +435,13 @@ class MouthBankRenderer:
         start = self.render_one(crop, points, near, [(entry, 1.0)])
         return self.warp.render_one(start, self.warp.target_shape(points, near), code)
 
-    def render_one(self, crop: np.ndarray, points68: np.ndarray, code: np.ndarray, entries: list[tuple[int, float]]) -> np.ndarray:
-        """Crop uint8 ``[S, S, 3]`` with landmarks ``[68, 2]`` crop px, code ``[3]``, (bank position, weight) pairs -> uint8 ``[S, S, 3]``."""
+    def render_one(self, crop: np.ndarray, points68: np.ndarray, code: np.ndarray, entries: list[tuple[int, float]],
+                   frame: int | None = None) -> np.ndarray:
+        """Crop uint8 ``[S, S, 3]`` with landmarks ``[68, 2]`` crop px, code ``[3]``, (bank position, weight) pairs -> uint8 ``[S, S, 3]``.
+
+        ``frame``: the output frame drawn; its colour transfer is steadied with the one of the frame before it
+        (``color_steadiness``) when that was drawn last.
+        """
         cfg, bank = self.config, self.bank
         size_y, size_x = crop.shape[:2]
         target = self.warp.target_shape(points68, code)
@@ -457,8 +467,13 @@ class MouthBankRenderer:
             covered &= inside
         alpha = feathered_polygon(hull, cfg.feather * iod, shape, origin) * covered
         base = out[y0:y1, x0:x1].astype(np.float32)
-        if cfg.color_match != "none":
-            mixed = match_colour(mixed, base, alpha, cfg.color_match)
+        transfer = None if cfg.color_match == "none" else colour_transfer(mixed, base, alpha, cfg.color_match)
+        if transfer is not None:
+            if frame is not None and self._transfer is not None and self._transfer[0] == frame - 1:
+                transfer = cfg.color_steadiness * self._transfer[1] + (1.0 - cfg.color_steadiness) * transfer
+            if frame is not None:
+                self._transfer = (frame, transfer)
+            mixed = apply_colour_transfer(mixed, transfer, cfg.color_match)
         out[y0:y1, x0:x1] = np.clip(np.rint(base + alpha[..., None] * (mixed - base)), 0, 255).astype(np.uint8)
         return out
 

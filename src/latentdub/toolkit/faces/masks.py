@@ -14,7 +14,7 @@ smoothly when the landmarks move by a fraction of a pixel.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import cv2
 import numpy as np
@@ -277,17 +277,30 @@ def match_colour(warped: np.ndarray, base: np.ndarray, alpha: np.ndarray, mode: 
     (RGB) or ``lab``. Statistics come from pixels with 0.02 < alpha < 0.98 (at least
     :data:`MIN_RING_PIXELS`, else ``warped`` is returned as is); gains are clipped to 0.5-2.
     """
+    transfer = colour_transfer(warped, base, alpha, mode)
+    return warped if transfer is None else apply_colour_transfer(warped, transfer, mode)
+
+
+def colour_transfer(warped: np.ndarray, base: np.ndarray, alpha: np.ndarray, mode: str) -> Optional[np.ndarray]:
+    """The per-channel ``gain * x + offset`` of :func:`match_colour`, float32 ``[3, 4]`` (in Lab for ``lab``), or None
+    when the feather band of ``alpha`` has too few pixels."""
     ring = ((alpha > 0.02) & (alpha < 0.98)).astype(np.uint8)
     if cv2.countNonZero(ring) < MIN_RING_PIXELS:
-        return warped
-    if mode == "lab":
-        src = cv2.cvtColor(warped * np.float32(1 / 255), cv2.COLOR_RGB2Lab)
-        ref = cv2.cvtColor(base * np.float32(1 / 255), cv2.COLOR_RGB2Lab)
-    else:
-        src, ref = warped, base
+        return None
+    src, ref = (_colour_space(x, mode) for x in (warped, base))
     (s_mean, s_std), (r_mean, r_std) = (np.asarray(cv2.meanStdDev(x, mask=ring), np.float32).reshape(2, 3) for x in (src, ref))
     gain = np.clip(r_std / np.maximum(s_std, 1e-3), 0.5, 2.0)
-    matched = cv2.transform(src, np.concatenate([np.diag(gain), (r_mean - s_mean * gain)[:, None]], axis=1))  # per channel gain * x + offset
+    return np.concatenate([np.diag(gain), (r_mean - s_mean * gain)[:, None]], axis=1).astype(np.float32)
+
+
+def apply_colour_transfer(warped: np.ndarray, transfer: np.ndarray, mode: str) -> np.ndarray:
+    """``warped`` float32 RGB ``[h, w, 3]`` through a :func:`colour_transfer` ``[3, 4]``, clipped to 0-255."""
+    matched = cv2.transform(_colour_space(warped, mode), transfer)
     if mode == "lab":
         matched = cv2.cvtColor(matched, cv2.COLOR_Lab2RGB) * np.float32(255)
     return np.clip(matched, 0, 255, out=matched)
+
+
+def _colour_space(rgb: np.ndarray, mode: str) -> np.ndarray:
+    """float32 RGB 0-255 in the space colours are matched in: itself for ``mean_std``, CIE Lab for ``lab``."""
+    return cv2.cvtColor(rgb * np.float32(1 / 255), cv2.COLOR_RGB2Lab) if mode == "lab" else rgb
