@@ -10,8 +10,10 @@ Footage: a GRID clip (CC BY 4.0, Cooke et al. 2006; ``../shared/data/grid`` or
 to the clip length at 25 fps; speech: another GRID clip, looped. Networks:
 random weights of the real architecture (pSp IR-SE50 GradualStyleEncoder,
 18 styles, 256 px input; StyleGAN2 1024 px config-f, bf16 ``fused_up``), the
-audio2latent motion model (random), dlib detection every ``--detect-every``
-frames with tracking in between, the soft compositor on the lower face.
+audio2latent motion model (random), face detection every ``--detect-every``
+frames (``--detector``: dlib 68 points on the CPU, refitted in between; or
+MTCNN 5 points on the GPU, interpolated in between), the soft compositor on
+the lower face.
 
 The run uses ``runtime.overlap: true`` (decode, render, composite, encode on
 threads with bounded queues) and torch frame ops on the GPU;
@@ -94,6 +96,8 @@ def preset_yaml(args, folder: Path) -> Path:
         gen = "  random_init: true\n  size: 1024\n  channel_max: 512\n  n_mlp: 8\n  channel_multiplier: 2\n  precision: bf16\n  channels_last: true\n"
         enc = "  random_init: true\n  tiny: false\n  output_size: 1024\n  input_size: 256\n  precision: bf16\n  channels_last: true\n"
         crop, batch = 1024, args.batch
+    # MTCNN: faces here are over 300 px high, so the image pyramid can start at 100 px faces
+    detector = "  plugin: dlib\n" if args.detector == "dlib" else "  plugin: mtcnn\n  min_face_size: 100\n"
     text = f"""description: issue-15 benchmark (random weights of the real architecture)
 device: {"cpu" if args.cpu_smoke else "cuda"}
 fallback: null
@@ -101,8 +105,7 @@ track:
   crop_size: {crop}
   detect_every: {args.detect_every}
 detector:
-  plugin: dlib
-encoder:
+{detector}encoder:
   plugin: psp
 {enc}generator:
   plugin: stylegan2
@@ -179,17 +182,23 @@ def time_generator(args, device) -> list[str]:
 
     size, cmax = (64, 32) if args.cpu_smoke else (1024, 512)
     what = "tiny 64 px, fp32, CPU: both rows eager" if args.cpu_smoke else "1024 px, bf16, fused_up, channels_last"
-    lines = ["", f"| generator ({what}) | batch 1 | batch 8 | batch 32 |", "|---|---|---|---|"]
+    lines = ["", f"| generator ({what}) | batch 1 | batch 8 | batch 32 | max abs difference from eager |", "|---|---|---|---|---|"]
+    eager: dict[int, torch.Tensor] = {}
     for graphs in (False, True):
         ctx = BuildContext(device=device, weights=lambda n: Path(n), build=None, seed=0, log=print,
                            runtime=RuntimeConfig(cuda_graphs=graphs, graph_batches=(1, 2, 4, 8, 16, 32)))
         config = StyleGAN2Config(checkpoint=None, random_init=True, size=size, channel_max=cmax, n_mlp=8, precision="fp32" if args.cpu_smoke else "bf16",
                                  channels_last=not args.cpu_smoke, batch_size=32)
         gen = build_stylegan2(config, ctx)
-        cells = []
+        cells, differences = [], []
         for batch in (1, 8, 32):
-            w = torch.randn(batch, gen.n_styles, gen.style_dim, device=device)
+            w = torch.randn(batch, gen.n_styles, gen.style_dim, device=device, generator=torch.Generator(device).manual_seed(batch))
             with torch.inference_mode():
+                images = gen.synthesize(w).float()
+                if graphs:  # the same seed builds the same weights: a replay must give the eager images
+                    differences.append((images - eager[batch]).abs().max().item())
+                else:
+                    eager[batch] = images
                 for _ in range(3):
                     gen.synthesize(w)
                 synchronize(device)
@@ -201,7 +210,8 @@ def time_generator(args, device) -> list[str]:
             rate = batch * n / (time.perf_counter() - start)
             aim = TARGET_GEN.get(batch)
             cells.append(f"{rate:.1f}" + (f" (aim {aim:.0f})" if aim else ""))
-        lines.append(f"| {'CUDA graphs' if graphs else 'eager'} | " + " | ".join(cells) + " |")
+        difference = f"{max(differences):.2g}" if graphs else ""
+        lines.append(f"| {'CUDA graphs' if graphs else 'eager'} | " + " | ".join(cells) + f" | {difference} |")
         del gen
     return lines
 
@@ -217,7 +227,8 @@ def time_pti(args, device) -> list[str]:
     from latentdub.toolkit.core.devices import synchronize
 
     size, cmax = (64, 32) if args.cpu_smoke else (1024, 512)
-    lines = ["", "| PTI, batch 1, no locality, LPIPS vgg 256 px (random trunk) | ms/update | s per 350 updates |", "|---|---|---|"]
+    lines = ["", "| PTI, batch 1, no locality, LPIPS vgg 256 px (random trunk) | ms/update | s per 350 updates | L2, LPIPS after the timed updates |",
+             "|---|---|---|---|"]
     ctx = BuildContext(device=device, weights=lambda n: Path(n), build=None, seed=0, log=print)
     gen = build_stylegan2(StyleGAN2Config(checkpoint=None, random_init=True, size=size, channel_max=cmax, n_mlp=8, modconv="auto"), ctx)
     rng = np.random.default_rng(0)
@@ -236,8 +247,9 @@ def time_pti(args, device) -> list[str]:
         updates, _ = ft.tune_weights(nets, pivot, target, lpips)
         synchronize(device)
         ms = (time.perf_counter() - start) * 1000 / max(updates, 1)
+        l2, lp = ft.evaluate(nets.tuned, pivot, target, lpips, nets)  # the same updates from the same start: equal up to rounding
         nets.restore()
-        lines.append(f"| {'graphed update' if graphs else 'eager'} | {ms:.1f} | {ms * 0.35:.1f} (aim {TARGET_PTI_S:.0f}) |")
+        lines.append(f"| {'graphed update' if graphs else 'eager'} | {ms:.1f} | {ms * 0.35:.1f} (aim {TARGET_PTI_S:.0f}) | {l2:.5f}, {lp:.5f} |")
         del nets, lpips
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -254,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8, help="renderer and generator batch (default 8)")
     p.add_argument("--queue-depth", type=int, default=8)
     p.add_argument("--detect-every", type=int, default=5)
+    p.add_argument("--detector", default="dlib", choices=["dlib", "mtcnn"], help="dlib (CPU, 68 points) or mtcnn (the run's device, 5 points)")
     p.add_argument("--no-nets", action="store_true", help="skip the generator and PTI timings")
     p.add_argument("--pti-steps", type=int, default=None, help="timed PTI updates (default 60; quick 20)")
     p.add_argument("--min-time", type=float, default=None, help="seconds per generator measurement (default 1; quick 0.3)")
@@ -283,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         (f"bench_gpu_dub on {name}, torch {torch.__version__}, {os.cpu_count()} CPUs; {size[0]}x{size[1]} 25 fps GRID footage, "
         f"{'tiny networks' if args.cpu_smoke else '1024 px pSp + StyleGAN2 (random weights)'}, batch {args.batch}, queue depth {args.queue_depth}, "
-        f"detect every {args.detect_every}, cuda graphs {'on' if args.cuda_graphs else 'off'}, codec {args.codec}"),
+        f"{args.detector} every {args.detect_every} frames, cuda graphs {'on' if args.cuda_graphs else 'off'}, codec {args.codec}"),
         "",
         "| clip | frames | e2e frames/s (stages) | frames/s (wall, incl. building networks) | synthesis frames/s | wall s | peak GPU GiB | peak RSS MiB |",
         "|---|---|---|---|---|---|---|---|",

@@ -29,6 +29,9 @@ from latentdub.toolkit.core.stages import prefetch, run_stages
 
 REPO = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (none here)")
+#: Devices the torch frame ops are checked on.
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
 def _sha(path: Path) -> str:
@@ -227,14 +230,15 @@ def face(grid_clips):
     return frame, lm
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("size", [64, 256, 1024])  # 64: shrinks the face > 2x (pyramid steps); 1024: enlarges it
-def test_torch_crop_warp_matches_opencv_within_rounding(face, size):
+def test_torch_crop_warp_matches_opencv_within_rounding(face, size, device):
     from latentdub.toolkit.faces.align import ffhq_alignment, warp_to_crop
     from latentdub.toolkit.faces.torch_ops import warp_to_crop_torch
 
     frame, lm = face
     alignment = ffhq_alignment(lm, size)
-    ours = warp_to_crop_torch(torch.from_numpy(frame), alignment).numpy()
+    ours = warp_to_crop_torch(torch.from_numpy(frame).to(device), alignment).cpu().numpy()
     theirs = warp_to_crop(frame, alignment)
     diff = np.abs(ours.astype(int) - theirs.astype(int))
     assert ours.shape == theirs.shape and ours.dtype == np.uint8
@@ -242,9 +246,10 @@ def test_torch_crop_warp_matches_opencv_within_rounding(face, size):
     assert diff.max() <= 3 and (diff > 2).mean() < 1e-5 and diff.mean() < 0.1, (diff.max(), (diff > 2).mean(), diff.mean())
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("region", ["mouth", "lower_face"])
 @pytest.mark.parametrize("color_match", ["none", "mean_std", "lab"])
-def test_torch_mask_and_composite_match_the_soft_compositor(face, region, color_match):
+def test_torch_mask_and_composite_match_the_soft_compositor(face, region, color_match, device):
     from latentdub.plugins.soft_compositor import SoftCompositor, SoftCompositorConfig
     from latentdub.toolkit.faces.align import ffhq_alignment, warp_to_crop
     from latentdub.toolkit.faces.torch_ops import region_mask_torch
@@ -254,10 +259,10 @@ def test_torch_mask_and_composite_match_the_soft_compositor(face, region, color_
     crop = np.ascontiguousarray(np.clip(warp_to_crop(frame, alignment).astype(int) + 25, 0, 255).astype(np.uint8)[:, ::-1])  # a visibly different face
     compositor = SoftCompositor(SoftCompositorConfig(region=region, color_match=color_match))
     alpha, box = compositor.mask(frame.shape[:2], lm)
-    alpha_t, box_t = region_mask_torch(lm, frame.shape[:2], "cpu", region)
-    assert box_t == box and np.abs(alpha_t.numpy() - alpha).max() < 1e-5
+    alpha_t, box_t = region_mask_torch(lm, frame.shape[:2], device, region)
+    assert box_t == box and np.abs(alpha_t.cpu().numpy() - alpha).max() < 1e-5
     theirs = compositor.composite(frame, crop, alignment, lm)
-    ours = compositor.composite_torch(torch.from_numpy(frame), torch.from_numpy(crop), alignment, lm).numpy()
+    ours = compositor.composite_torch(torch.from_numpy(frame).to(device), torch.from_numpy(crop).to(device), alignment, lm).cpu().numpy()
     diff = np.abs(ours.astype(int) - theirs.astype(int))
     assert diff.max() <= 2, diff.max()
     if color_match == "lab":  # not a torch op: the numpy path on a CPU copy, exactly
@@ -451,7 +456,7 @@ def test_the_pti_update_runs_eagerly_off_cuda():
     nets.restore()
 
 
-@pytest.mark.skipif(not CUDA, reason="CUDA-graph capture needs a CUDA device (none here)")
+@needs_cuda
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_cuda_graph_generator_matches_eager(batch):
     plain, graphed = _tiny_generator(False, "cuda"), _tiny_generator(True, "cuda")
@@ -461,3 +466,34 @@ def test_cuda_graph_generator_matches_eager(batch):
         eager, replayed = plain.synthesize(w), graphed.synthesize(w)
     assert graphed.graphed.captures >= 1 and not graphed.graphed.failed
     assert (eager - replayed).abs().max().item() < 1e-4
+
+
+@needs_cuda
+def test_a_graphed_pti_update_trains_like_the_eager_one():
+    """Five full-batch updates without locality, graphed (forward and backward) and eager, from the same start: the
+    same number of updates and the same losses after them, up to rounding; both lower the L2."""
+    from latentdub.plugins.pti import crops_to_tensor
+    from latentdub.toolkit.core.build import Components
+
+    rng = np.random.default_rng(0)
+    results, lines = [], []
+    for graphs in (False, True):
+        components = Components(resolve_preset("tiny", ["device=cuda", f"runtime.cuda_graphs={str(graphs).lower()}", "finetuner.locality=false",
+                                                        "finetuner.steps=5", "finetuner.lpips_threshold=0", "finetuner.batch_size=2"]))
+        finetuner, generator = components["finetuner"], components["generator"]
+        finetuner.log = lines.append
+        nets = finetuner.networks(generator)
+        lpips = finetuner.lpips(nets.device)
+        size = generator.size
+        targets = crops_to_tensor(np.random.default_rng(1).integers(0, 255, (4, size, size, 3), dtype=np.uint8), size, nets.device)
+        pivots = torch.from_numpy(rng.standard_normal((4, nets.base.n_latent, nets.base.style_dim)).astype(np.float32)).to(nets.device) \
+            if not results else results[0][0]
+        before = finetuner.evaluate(nets.original, pivots, targets, lpips, nets)
+        updates, _ = finetuner.tune_weights(nets, pivots, targets, lpips)
+        results.append((pivots, updates, before, finetuner.evaluate(nets.tuned, pivots, targets, lpips, nets)))
+        nets.restore()
+    (_, n_eager, before, eager), (_, n_graphed, _, graphed) = results
+    assert not any("failed" in line for line in lines), lines
+    assert n_eager == n_graphed == 10
+    assert graphed == pytest.approx(eager, rel=1e-3)
+    assert eager[0] < before[0]

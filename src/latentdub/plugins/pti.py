@@ -358,7 +358,8 @@ class PtiFinetuner:
             step = (c.locality_alpha / norm).clamp(max=1.0)
             return pivots + direction * step[:, None, None]
 
-    def _evaluate(self, render: Callable[[Any], Any], pivots: Any, targets: Any, lpips: Any, nets: TuneNetworks) -> tuple[float, float]:
+    def evaluate(self, render: Callable[[Any], Any], pivots: Any, targets: Any, lpips: Any, nets: TuneNetworks) -> tuple[float, float]:
+        """Mean (L2, LPIPS) of ``render(pivots)`` against ``targets``, in batches, without gradients."""
         import torch
 
         l2s, lps = [], []
@@ -478,9 +479,9 @@ class PtiFinetuner:
                 else:
                     pivots = self.optimise_pivots(nets, targets, lpips, wplus=c.pivots == "optimise_wplus")
                 pivot_seconds = time.perf_counter() - start
-                l2_0, lp_0 = self._evaluate(nets.original, pivots, targets, lpips, nets)
+                l2_0, lp_0 = self.evaluate(nets.original, pivots, targets, lpips, nets)
                 updates, stopped = self.tune_weights(nets, pivots, targets, lpips, progress)
-                l2_1, lp_1 = self._evaluate(nets.tuned, pivots, targets, lpips, nets)
+                l2_1, lp_1 = self.evaluate(nets.tuned, pivots, targets, lpips, nets)
         finally:
             nets.restore()
         stats = TuneStats(lp_0, lp_1, l2_0, l2_1, updates, stopped, time.perf_counter() - start, pivot_seconds)
