@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,28 @@ def test_input_files_must_be_readable_files_with_content(tmp_path, setup, messag
     setup(path)
     with pytest.raises(BadInputError, match=message):
         check_input_file(path, "video")
+
+
+def test_a_row_file_keeps_rows_apart_and_out_of_the_process_memory(tmp_path):
+    """Rows written in any order read back exactly; reading them all leaves the resident memory where it was (a memmap's
+    touched pages would count in it)."""
+    import numpy as np
+
+    from latentdub.toolkit.core.files import RowFile
+
+    def resident_mib() -> float:  # now, not the peak (Linux)
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    shape = (256, 256, 3)  # 192 KiB a row, 128 MiB in all
+    rows = RowFile(tmp_path / "rows.u8", 680, shape)
+    assert len(rows) == 680
+    before = resident_mib()
+    for i in list(range(0, 680, 2)) + list(range(1, 680, 2)):
+        rows[i] = np.full(shape, i % 251, np.uint8)
+    assert all(int(rows[i][7, 9, 1]) == i % 251 and rows[i].shape == shape for i in range(680))
+    assert resident_mib() - before < 32, resident_mib() - before
+    with pytest.raises(ValueError, match="row must be"):
+        rows[0] = np.zeros((2, 2), np.uint8)
+    with pytest.raises(IndexError):
+        rows[680]
+    rows.close()

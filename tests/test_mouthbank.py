@@ -128,7 +128,7 @@ def test_the_bank_stays_bounded_and_spills_to_disk():
         bank.add(crops, points, np.arange(start, start + 10))
     assert bank.count <= 16 and bank.stride == 8 and bank.on_disk
     assert np.array_equal(bank.frames[: bank.count], np.arange(0, 100, 8))
-    assert all(int(bank.images[i, 0, 0, 0]) == f for i, f in enumerate(bank.frames[: bank.count]))  # crops moved with their frames
+    assert all(int(bank.images[i][0, 0, 0]) == f for i, f in enumerate(bank.frames[: bank.count]))  # crops moved with their frames
     assert len(bank.source_poses(np.arange(100))) == 100  # every studied frame keeps its pose
     bank.close()
 

@@ -95,3 +95,22 @@ def test_bad_arguments():
         plan_timeline(0, FPS, 2.0, "pad")
     with pytest.raises(BadInputError, match="frame rate"):
         plan_timeline(N, 0.0, 2.0, "pad")
+
+
+def test_a_ping_pong_timeline_serves_every_source_frame_as_decoded(grid_clips, tmp_path):
+    """Frames stepped back to come from the source's frame file, pixel for pixel the decoder's, in any order."""
+    from latentdub.toolkit.dubbing.pipeline import FrameSource
+    from latentdub.toolkit.media.video import probe_video, read_frames
+
+    clip = grid_clips[0]
+    info = probe_video(clip)
+    decoded = [f.image for f in read_frames(clip, info=info)]
+    order = plan_timeline(len(decoded), info.fps, 3 * len(decoded) / info.fps, "pingpong").source_index
+    assert (np.diff(order) < 0).any()  # it does step back
+    source = FrameSource(clip, info, random_access=True, workdir=tmp_path)
+    try:
+        for index in order:
+            frame = source.get(int(index))
+            assert frame.index == index and np.array_equal(frame.image, decoded[index])
+    finally:
+        source.close()

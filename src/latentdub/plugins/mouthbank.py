@@ -1,8 +1,8 @@
 """Renderer "mouthbank": the clip's own mouths, re-timed to the new speech (after Video Rewrite, Bregler et al. 1997).
 
 Study pass: every aligned source crop's lower face is kept in a bank
-(:class:`MouthBank`, bounded in entries and bytes, spilled to a numpy memmap
-in a temporary folder when large) with its landmarks, its head pose
+(:class:`MouthBank`, bounded in entries and bytes, spilled to a file in a
+temporary folder when large, read back an entry at a time) with its landmarks, its head pose
 (:func:`~latentdub.toolkit.faces.measures.head_pose`) and, once the clip is
 seen, its mouth shape (:func:`~latentdub.toolkit.faces.measures.mouth_shapes`:
 opening, width, protrusion in the units of the ``mouth`` motion codes).
@@ -55,6 +55,7 @@ from latentdub.plugins.warp_renderer import (
 )
 from latentdub.toolkit.core.config import Range
 from latentdub.toolkit.core.errors import BadInputError
+from latentdub.toolkit.core.files import RowFile
 from latentdub.toolkit.core.hookspecs import hookimpl
 from latentdub.toolkit.core.types import Motion, RenderReport
 from latentdub.toolkit.faces.masks import (
@@ -80,7 +81,7 @@ class MouthBankConfig:
     max_entries: Annotated[int, Range(ge=16, le=100000)] = 3000
     #: Most bytes of crops the bank holds (MiB); bounds the entries for large crops.
     max_bank_mb: Annotated[float, Range(gt=0, le=65536)] = 512.0
-    #: Crops held in memory (MiB) before the bank moves to a memmap in a temporary folder.
+    #: Crops held in memory (MiB) before the bank moves to a file in a temporary folder.
     memory_mb: Annotated[float, Range(ge=0, le=65536)] = 32.0
     #: Fewest studied face crops that make a bank; with fewer the warp renderer draws every frame.
     min_entries: Annotated[int, Range(ge=1, le=10000)] = 25
@@ -128,7 +129,7 @@ class MouthBank:
     Entries are kept in source order. When ``capacity`` is reached every
     second entry is dropped and only every ``stride``-th studied crop is
     kept from then on, so the bank stays bounded whatever the clip length.
-    Crops live in memory up to ``memory_bytes``, then in a memmap.
+    Crops live in memory up to ``memory_bytes``, then in a :class:`~latentdub.toolkit.core.files.RowFile`.
     """
 
     def __init__(self, max_entries: int, max_bytes: float, memory_bytes: float) -> None:
@@ -182,15 +183,19 @@ class MouthBank:
 
     def _halve(self) -> None:
         keep = np.arange(0, self.count, 2)
-        for array in (self.images, self.frames, self.landmarks, self.poses, self.looks):
+        for array in (self.frames, self.landmarks, self.poses, self.looks) + (() if self.on_disk else (self.images,)):
             array[: len(keep)] = array[keep]
+        if self.on_disk:
+            for new, old in enumerate(keep):  # ascending, new <= old: nothing is overwritten before it is read
+                self.images[new] = self.images[old]
         self.count, self.stride = len(keep), self.stride * 2
 
     def _spill(self) -> None:
-        """Move the crops to a memmap of the full capacity in a temporary folder."""
+        """Move the crops to a file of the full capacity in a temporary folder."""
         self._tmp = tempfile.TemporaryDirectory(prefix="latentdub-mouthbank-")
-        disk = np.memmap(Path(self._tmp.name) / "bank.u8", np.uint8, "w+", shape=(self.capacity, *self.images.shape[1:]))
-        disk[: self.count] = self.images[: self.count]
+        disk = RowFile(Path(self._tmp.name) / "bank.u8", self.capacity, self.images.shape[1:])
+        for i in range(self.count):
+            disk[i] = self.images[i]
         self.images, self.on_disk = disk, True
 
     def source_poses(self, frames: np.ndarray) -> np.ndarray:
@@ -205,7 +210,9 @@ class MouthBank:
         return poses[at]
 
     def close(self) -> None:
-        """Delete the memmap (if any)."""
+        """Delete the bank's file (if any)."""
+        if isinstance(self.images, RowFile):
+            self.images.close()
         self.images = None
         if self._tmp is not None:
             self._tmp.cleanup()

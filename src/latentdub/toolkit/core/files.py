@@ -13,6 +13,9 @@ The rules every command follows:
 - results are written to a temporary file beside the target
   (:func:`temp_beside`) and renamed into place when complete; temporary files
   a killed run left behind are removed by the next run that claims the output.
+
+Large working data that must not grow the process's memory with the clip goes
+to a :class:`RowFile` in the run's temporary folder.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import re
 import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence
+
+import numpy as np
 
 from .errors import BadInputError, OutputError
 
@@ -200,3 +205,47 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+class RowFile:
+    """``length`` uint8 arrays of one ``shape`` in a file, each written and read with one pwrite / pread.
+
+    Unlike a memmap, the rows read and written stay in the page cache, not in
+    this process's resident memory, which therefore does not grow with the
+    rows touched (a long clip's bank is hundreds of MiB). Rows read are
+    read-only arrays.
+    """
+
+    def __init__(self, path: Path, length: int, shape: tuple[int, ...]) -> None:
+        self.length, self.shape = int(length), tuple(int(v) for v in shape)
+        self.row_bytes = int(np.prod(self.shape))
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _offset(self, index: int) -> int:
+        if not 0 <= index < self.length:
+            raise IndexError(f"row {index} of {self.length}")
+        return index * self.row_bytes
+
+    def __setitem__(self, index: int, value: np.ndarray) -> None:
+        row = np.ascontiguousarray(value, np.uint8)
+        if row.shape != self.shape:
+            raise ValueError(f"row must be {self.shape}, got {row.shape}")
+        view, offset = memoryview(row).cast("B"), self._offset(index)
+        while view:  # a regular file takes it whole unless the disk fills up (then pwrite raises)
+            done = os.pwrite(self._fd, view, offset)
+            view, offset = view[done:], offset + done
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        data = os.pread(self._fd, self.row_bytes, self._offset(index))
+        if len(data) != self.row_bytes:
+            raise IndexError(f"row {index} lies beyond the rows written")
+        return np.frombuffer(data, np.uint8).reshape(self.shape)
+
+    def close(self) -> None:
+        """Close the file (its folder's owner deletes it)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

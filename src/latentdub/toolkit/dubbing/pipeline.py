@@ -34,7 +34,7 @@ import numpy as np
 from ..core import protocols
 from ..core.build import Components
 from ..core.errors import BadInputError, CannotServeError, NoFaceError, PluginError
-from ..core.files import check_input_file, check_not_an_input, claim_outputs, temp_beside
+from ..core.files import RowFile, check_input_file, check_not_an_input, claim_outputs, temp_beside
 from ..core.presets import Preset, fallback_preset, preset_path_for, resolve_preset
 from ..core.stages import prefetch
 from ..core.types import Audio, Frame, TrackedFace
@@ -169,19 +169,18 @@ class FrameSource:
     """Serves source frames in timeline order from a streaming decoder.
 
     Forward steps stream; a step back (loop) restarts the decoder at that
-    frame; with ``random_access`` (ping-pong) frames are kept in a disk-backed
-    memmap instead of memory.
+    frame; with ``random_access`` (ping-pong) frames are kept in a file in
+    ``workdir`` (:class:`~latentdub.toolkit.core.files.RowFile`), not in memory.
     """
 
     def __init__(self, path: Path, info, random_access: bool, workdir: Path) -> None:
         self.path, self.info = path, info
         self._iter: Optional[Iterator[Frame]] = None
         self._last: Optional[Frame] = None
-        self._cache: Optional[np.memmap] = None
+        self._cache: Optional[RowFile] = None
         self._cached = 0
         if random_access:
-            shape = (info.n_frames + 2, info.height, info.width, 3)
-            self._cache = np.memmap(workdir / "frames.u8", dtype=np.uint8, mode="w+", shape=shape)
+            self._cache = RowFile(workdir / "frames.u8", info.n_frames + 2, (info.height, info.width, 3))
 
     def _restart(self, index: int) -> None:
         if self._iter is not None:
@@ -199,7 +198,7 @@ class FrameSource:
             self._restart(index if self._cache is None else self._cached)
         assert self._iter is not None
         for frame in self._iter:
-            if self._cache is not None and frame.index < self._cache.shape[0]:
+            if self._cache is not None and frame.index < len(self._cache):
                 self._cache[frame.index] = frame.image
                 self._cached = max(self._cached, frame.index + 1)
             self._last = frame
@@ -213,6 +212,8 @@ class FrameSource:
     def close(self) -> None:
         if self._iter is not None:
             self._iter.close()  # type: ignore[attr-defined]
+        if self._cache is not None:
+            self._cache.close()
 
 
 def _check_motion_fits(components: Components) -> tuple[Any, Any]:
