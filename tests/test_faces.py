@@ -380,3 +380,16 @@ def test_track_still_on_the_portrait(portrait, dlib_detector):
     assert crop.shape == (256, 256, 3) and 80 < lm[0, 0] < 128 < lm[1, 0] < 176
     none = F.track_still(np.full((64, 64, 3), 10, np.uint8), dlib_detector, TrackConfig())
     assert none.face is None and none.alignment is None
+
+
+@pytest.mark.parametrize("n, half", [(40, 2), (40, 1), (4, 2), (3, 3), (9, 3)])
+def test_smoothing_is_the_savitzky_golay_filter(n, half):
+    """Against scipy's filter in float64: the polynomial through each window, the first and last windows' at the ends."""
+    from scipy.signal import savgol_filter
+
+    values = np.random.default_rng(n + half).normal(300, 40, (n, 68, 2)).astype(np.float32)
+    window = min(2 * half + 1, n if n % 2 else n - 1)
+    expected = savgol_filter(values.astype(np.float64), window, 2 if window >= 5 else 1, axis=0, mode="interp")
+    ours = F.smooth_series(values, half)
+    assert ours.dtype == np.float32 and np.abs(ours - expected).max() < 1e-4
+    assert np.array_equal(F.smooth_series(values, 0), values)

@@ -9,6 +9,7 @@ per-frame numbers (boxes, landmarks, alignment matrices), never images.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
@@ -261,16 +262,32 @@ def _bridge(status: np.ndarray, arrays: list[np.ndarray], max_gap: int) -> None:
 def smooth_series(values: np.ndarray, half_width: int) -> np.ndarray:
     """Savitzky-Golay filter along axis 0 (window ``2 * half_width + 1``, quadratic; linear below 5).
 
+    Every value is the least-squares polynomial through the window centred on
+    it, evaluated there; the first and last ``half_width`` values come from the
+    polynomial through the first and last window (computed in float64).
     Short series use the largest window that fits; ``half_width`` 0 returns a copy.
     """
     n = values.shape[0]
     window = min(2 * half_width + 1, n if n % 2 else n - 1)
     if half_width <= 0 or window < 3:
         return values.copy()
-    from scipy.signal import savgol_filter
+    half = window // 2
+    fit = _fitted_values(window, 2 if window >= 5 else 1)
+    x = values.astype(np.float64)
+    out = np.empty_like(x)
+    windows = np.lib.stride_tricks.sliding_window_view(x, window, axis=0)  # [n - window + 1, ..., window]
+    out[half : n - half] = windows @ fit[half]
+    out[:half] = np.tensordot(fit[:half], x[:window], axes=(1, 0))
+    out[n - half :] = np.tensordot(fit[half + 1 :], x[n - window :], axes=(1, 0))
+    return out.astype(values.dtype)
 
-    order = 2 if window >= 5 else 1
-    return savgol_filter(values, window, order, axis=0, mode="interp").astype(values.dtype)
+
+@functools.lru_cache(maxsize=8)
+def _fitted_values(window: int, order: int) -> np.ndarray:
+    """float64 ``[window, window]``: row ``i`` weighs a window's values into its least-squares polynomial of
+    ``order`` evaluated at position ``i`` (the hat matrix of the fit)."""
+    basis = np.vander(np.arange(window, dtype=np.float64) - window // 2, order + 1, increasing=True)
+    return basis @ np.linalg.pinv(basis)
 
 
 def _smooth(status: np.ndarray, arrays: list[Optional[np.ndarray]], widths: list[int]) -> None:
