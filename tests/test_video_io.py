@@ -43,6 +43,8 @@ def test_an_odd_sized_clip_is_written_padded_with_black_and_otherwise_unchanged(
             writer.write(image)
     back = [f.image.astype(int) for f in read_frames(out)]
     assert len(back) == 5 and back[0].shape == (288, 360, 3)
+    described = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(out)], capture_output=True, text=True).stderr
+    assert "yuv420p(tv, smpte170m" in described  # the matrix the frames were converted with, for players that would guess
     for source, written in zip(frames, back):
         # lossless H.264 of 4:2:0: chroma subsampling and rounding only (a large share of pixels within 2 levels)
         diff = np.abs(written[:287, :359] - source.astype(int))

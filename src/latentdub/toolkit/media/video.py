@@ -297,6 +297,8 @@ class VideoWriter:
             cmd += ["-map", "1:a:0", *audio.codec]
         cmd += [
             *video_codec_options(codec, crf, x264_preset), "-pix_fmt", "yuv420p",
+            # say which matrix the pixels were converted with: players guess BT.709 for untagged HD
+            "-colorspace", "smpte170m", "-color_range", "tv",
             "-movflags", "+faststart", str(self.tmp),
         ]
         try:
