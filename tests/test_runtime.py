@@ -215,6 +215,30 @@ def test_ctrl_c_in_the_waiting_thread_stops_every_stage():
     assert seen_threads and not any(t.is_alive() for t in seen_threads)
 
 
+def test_whenever_ctrl_c_comes_no_stage_is_still_running_when_the_run_raises():
+    """A signal that interrupts ``Thread.join`` can mark a live thread as ended (CPython 3.11), and a dub then closed
+    the decoder its decode thread was still reading ("generator already executing"). Signals are held for the whole
+    run, so at every moment of it Ctrl-C leaves no stage thread behind (``threading.enumerate`` lists a thread until
+    it has really ended, whatever ``is_alive`` says)."""
+    def source():
+        while True:
+            time.sleep(0.004)  # a decoder waiting on its pipe
+            yield 1
+
+    def slow(items):
+        for item in items:
+            time.sleep(0.002)
+            yield item
+
+    for delay in np.linspace(0.02, 0.3, 15):
+        timer = threading.Timer(delay, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            run_stages(source, [("slow", slow), ("sink", lambda items: (None for _ in items))], depth=2)
+        timer.join()
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("latentdub-")]
+
+
 # --------------------------------------------------------------------------- torch frame ops
 
 

@@ -164,30 +164,44 @@ def run_stages(
         out = queues[i + 1] if i + 1 < len(queues) else None
         threads.append(threading.Thread(target=_worker, args=(run, name, lambda fn=fn, inbox=inbox: fn(inbox), inbox, out), name=f"latentdub-{name}", daemon=True))
     started: list[threading.Thread] = []
+    interrupted: list[int] = []
+
+    def on_signal(signum: int) -> None:  # Ctrl-C stops every thread now; it is raised once they have all ended
+        interrupted.append(signum)
+        run.stop.set()
+
     try:
-        with _signals_held():
-            for t in threads:
-                t.start()
-                started.append(t)
-        if on_threads is not None:
-            on_threads(threads)
-        for t in started:
-            while t.is_alive():
-                t.join(POLL_S)
-    except BaseException as exc:  # noqa: BLE001 - Ctrl-C (or any error) in the waiting thread stops everything
+        # held for the whole run: a signal that interrupts Thread.join can mark a live thread as ended
+        # (CPython 3.11's _wait_for_tstate_lock), and the caller would then close what that thread still uses
+        with _signals_held(on_signal):
+            try:
+                for t in threads:
+                    t.start()
+                    started.append(t)
+                if on_threads is not None:
+                    on_threads(threads)
+                for t in started:
+                    while t.is_alive():
+                        t.join(POLL_S)
+            except BaseException as exc:  # noqa: BLE001 - any error in the waiting thread stops everything
+                run.fail(exc)
+            finally:
+                _stop_and_join(run, started)
+    except BaseException as exc:  # noqa: BLE001 - the held Ctrl-C, raised as the signals are given back
         run.fail(exc)
-    finally:
-        _stop_and_join(run, started)
+    if run.error is None and interrupted:  # a handler that did not raise: the run still did not finish
+        run.fail(KeyboardInterrupt())
     if run.error is not None:
         raise run.error
 
 
 @contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT, and SIGTERM) back while threads start, so no thread is left running unrecorded.
+def _signals_held(on_signal: Callable[[int], None] | None = None) -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT, and SIGTERM) back while threads start, run and are joined, so none is left running unrecorded.
 
     Python runs signal handlers in the main thread between any two bytecodes,
-    ``Thread.start`` included; a signal that comes meanwhile is recorded and
+    ``Thread.start`` and ``Thread.join`` included; a signal that comes
+    meanwhile is recorded, passed to ``on_signal`` (unless it is ignored) and
     handed to the previous handler on leaving (which raises
     ``KeyboardInterrupt`` for Ctrl-C). Off the main thread signals never
     arrive, and nothing is changed.
@@ -197,10 +211,16 @@ def _signals_held() -> Iterator[None]:
         return
     came: list[int] = []
     held = (signal.SIGINT, signal.SIGTERM)
-    previous = {}
+    previous: dict[int, Any] = {}
+
+    def record(signum: int, frame: Any) -> None:
+        came.append(signum)
+        if on_signal is not None and previous.get(signum) != signal.SIG_IGN:
+            on_signal(signum)
+
     try:
         for sig in held:
-            previous[sig] = signal.signal(sig, lambda signum, frame: came.append(signum))
+            previous[sig] = signal.signal(sig, record)
         yield
     finally:
         for sig, handler in previous.items():
@@ -214,15 +234,13 @@ def _signals_held() -> Iterator[None]:
 
 
 def _stop_and_join(run: _Run, threads: list[threading.Thread]) -> None:
-    """Stop ``threads`` and wait for them (a second Ctrl-C while waiting is recorded, not let through)."""
+    """Stop ``threads`` and wait for them; a Ctrl-C meanwhile is held until they have ended, then raised."""
     run.stop.set()
     deadline = time.monotonic() + JOIN_S
-    for t in threads:
-        while t.is_alive() and time.monotonic() < deadline:
-            try:
+    with _signals_held():
+        for t in threads:
+            while t.is_alive() and time.monotonic() < deadline:
                 t.join(POLL_S)
-            except BaseException as exc:  # noqa: BLE001
-                run.fail(exc)
 
 
 class _TimedIter:
